@@ -1,0 +1,59 @@
+"""Command-line plumbing shared by the ``python -m search.*`` entry points."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from search.errors import SearchError
+
+
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run ``main``; a SearchError becomes one ``error:`` line on stderr and exit code 2."""
+    try:
+        code = main(argv)
+    except SearchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 2, like every other bad input here."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SearchError(f"{message} (see {self.prog} --help)")
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """``"3x32x32"`` -> (3, 32, 32)."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:
+        raise SearchError(f"bad input shape {text!r}: expected CxHxW with positive integers, e.g. 3x32x32")
+    return shape  # type: ignore[return-value]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model name (default: the dataset's default model)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model or strategy option (repeatable); prefix model. or strategy. where a key is ambiguous",
+    )
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "digits") -> None:
+    parser.add_argument("--dataset", default=default, help="digits (embedded), cifar10, cifar100, tinyimagenet")
+    parser.add_argument("--data-dir", help="folder holding the dataset (default: $SEARCH_DATA_DIR or ./data)")
+    parser.add_argument("--download", action="store_true", help="download CIFAR with torchvision if missing")

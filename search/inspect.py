@@ -1,0 +1,81 @@
+"""``python -m search.inspect``: the per-stage (and per-site) ReLU table of a model or a strategy plan.
+
+Counting is the project's one convention: active mask elements for one input, batch excluded. The
+table says whether the model has a stem ReLU, since published counts differ on that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from search.cli import ArgumentParser, add_model_arguments, parse_input_shape, run_main
+from search.data import dataset_info
+from search.errors import SearchError
+from search.relu import SiteCount, relu_table, stage_totals
+from search.settings import describe_options, split_settings
+from search.spaces import build_model
+from search.strategies import get_strategy
+
+
+def format_table(rows: Sequence[SiteCount], per_site: bool = False) -> str:
+    """The ReLU table as text: one line per stage (or per site), with shares of the total."""
+    total = sum(r.active for r in rows) or 1
+    header = f"{'stage' if not per_site else 'site':<24} {'sites':>5} {'active ReLUs':>14} {'all-on ReLUs':>14} {'share':>7}"
+    lines = [header, "-" * len(header)]
+    if per_site:
+        for r in rows:
+            shape = "x".join(map(str, r.shape))
+            lines.append(f"{r.name:<24} {1:>5} {r.active:>14,} {r.total:>14,} {r.active / total:>7.1%}  {shape} {r.mode}")
+    else:
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.stage] = counts.get(r.stage, 0) + 1
+        for stage, (active, all_on) in stage_totals(rows).items():
+            lines.append(f"{stage:<24} {counts[stage]:>5} {active:>14,} {all_on:>14,} {active / total:>7.1%}")
+    lines.append("-" * len(header))
+    lines.append(f"{'total':<24} {len(rows):>5} {sum(r.active for r in rows):>14,} {sum(r.total for r in rows):>14,}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(
+        prog="python -m search.inspect",
+        description="Print the ReLU count of a model (or of a strategy's plan for it) per stage, "
+        "ending with total_relus=N. Nothing is trained.",
+    )
+    add_model_arguments(parser)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--input", help="input shape CxHxW, e.g. 3x32x32")
+    where.add_argument("--dataset", help="take the input shape (and class count) of this dataset")
+    parser.add_argument("--strategy", help="show this strategy's plan (its masks and reshaping) instead of the full model")
+    parser.add_argument("--sites", action="store_true", help="one row per ReLU site instead of per stage")
+    args = parser.parse_args(argv)
+
+    info = dataset_info(args.dataset) if args.dataset else None
+    input_size = info.input_shape if info else parse_input_shape(args.input)
+    num_classes = info.num_classes if info else 10
+    model_name = args.model or (info.default_model if info else None)
+    if model_name is None:
+        raise SearchError("--model is required with --input")
+    strategy = get_strategy(args.strategy) if args.strategy else None
+    model_options, strategy_raw = split_settings(args.sets, model_name, strategy)
+    if strategy is not None:
+        options = strategy.parse_options(strategy_raw)
+        model = strategy.plan(model_name, model_options, input_size, num_classes, options)
+        if model is None:
+            raise SearchError(f"strategy {strategy.name} learns its masks by training; its plan cannot be counted beforehand")
+    else:
+        model = build_model(model_name, num_classes=num_classes, input_size=input_size, **model_options)
+    rows = relu_table(model, input_size)
+    stem = any(r.stage == "stem" for r in rows)
+    print(f"model {model_name} ({describe_options(model_options)}), input {'x'.join(map(str, input_size))}")
+    if strategy is not None:
+        print(f"plan of strategy {strategy.name} ({describe_options(dict(strategy_raw))})")
+    print(f"stem ReLU: {'present' if stem else 'absent'}; one ReLU = one activation element for one input")
+    print(format_table(rows, per_site=args.sites))
+    print(f"total_relus={sum(r.active for r in rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

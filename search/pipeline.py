@@ -1,0 +1,148 @@
+"""One linearization from start to end: validate, load data, fetch the teacher, run the strategy,
+evaluate the test set once, save. ``search.linearize`` and every study trial go through here.
+
+Validation (:func:`prepare`) touches no data and trains nothing, so bad input fails in a moment.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from search.checkpoint import save_model
+from search.data import Dataset, Loader, dataset_info, load_dataset
+from search.errors import SearchError
+from search.relu import relu_count
+from search.spaces import build_model, check_model_options
+from search.strategies import Context, Outcome, Strategy, get_strategy
+from search.teacher import default_cache_dir, get_teacher
+from search.train import pick_device, seed_everything, teacher_config, evaluate
+
+
+@dataclass
+class Job:
+    """A request for one linearization, as the command line or a study trial states it."""
+
+    strategy: str
+    dataset: str = "digits"
+    model: str | None = None
+    budget: int | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    strategy_options: Mapping[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    download: bool = False
+    seed: int = 0
+    teacher_epochs: int | None = None
+    device: str = "auto"
+    cache_dir: str | None = None
+    out: str | None = None
+
+
+@dataclass
+class Prepared:
+    """A validated job: strategy instance, typed options, the model's full ReLU count."""
+
+    job: Job
+    strategy: Strategy
+    options: Any
+    model_name: str
+    model_options: dict[str, Any]
+    full_relus: int
+
+
+@dataclass
+class Result:
+    outcome: Outcome
+    test_acc: float
+    teacher: dict[str, Any]
+    seconds: float
+
+    def summary_line(self) -> str:
+        return f"relus={self.outcome.relus} val_acc={self.outcome.val_acc:.4f} test_acc={self.test_acc:.4f}"
+
+
+def full_relu_count(model_name: str, model_options: Mapping[str, Any], dataset: str) -> int:
+    info = dataset_info(dataset)
+    model = build_model(model_name, num_classes=info.num_classes, input_size=info.input_shape, **model_options)
+    return relu_count(model, info.input_shape)
+
+
+def prepare(job: Job) -> Prepared:
+    """Check every name, option and the budget, without loading data or training."""
+    info = dataset_info(job.dataset)
+    strategy = get_strategy(job.strategy)
+    options = strategy.parse_options(job.strategy_options)
+    model_name = job.model or info.default_model
+    model_options = check_model_options(model_name, job.model_options)
+    full = full_relu_count(model_name, model_options, job.dataset)
+    if job.budget is not None and not 0 < job.budget <= full:
+        raise SearchError(f"budget {job.budget} is out of range: expected 1..{full:,} (the model's full ReLU count)")
+    if job.teacher_epochs is not None and job.teacher_epochs < 1:
+        raise SearchError(f"bad value {job.teacher_epochs} for teacher epochs: expected an integer >= 1")
+    pick_device(job.device)
+    return Prepared(job, strategy, options, model_name, model_options, full)
+
+
+def execute(
+    prepared: Prepared, log: Callable[[str], None] = print, data: Dataset | None = None
+) -> Result:
+    """Run a prepared job; ``data`` may be passed in when the caller has it loaded already."""
+    job = prepared.job
+    start = time.perf_counter()
+    device = pick_device(job.device)
+    seed_everything(job.seed)
+    data = data or load_dataset(job.dataset, job.data_dir, job.download)
+    cache_dir = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
+    recipe = teacher_config(job.dataset)
+    if job.teacher_epochs is not None:
+        recipe = replace(recipe, epochs=job.teacher_epochs)
+    teacher_record: dict[str, Any] = {}
+
+    def teacher():  # type: ignore[no-untyped-def]
+        model, record = get_teacher(prepared.model_name, prepared.model_options, data, recipe, device, cache_dir, log)
+        teacher_record.update(record)
+        return model
+
+    ctx = Context(prepared.model_name, prepared.model_options, data, job.budget, device, job.seed, teacher, cache_dir, log)
+    outcome = prepared.strategy.run(ctx, prepared.options)
+    counted = relu_count(outcome.model, data.info.input_shape)
+    if counted != outcome.relus:
+        raise RuntimeError(f"strategy {job.strategy} reported {outcome.relus} ReLUs but the model has {counted}")
+    if job.budget is not None and counted > job.budget:
+        raise RuntimeError(f"strategy {job.strategy} returned {counted:,} ReLUs, over the budget of {job.budget:,}")
+    test_acc = evaluate(outcome.model, Loader(data.test, data.info, 512, device))
+    result = Result(outcome, test_acc, teacher_record, time.perf_counter() - start)
+    if job.out:
+        save_model(
+            outcome.model,
+            job.out,
+            outcome.model_name,
+            outcome.model_options,
+            data.info.num_classes,
+            data.info.input_shape,
+            {
+                "strategy": job.strategy,
+                "dataset": job.dataset,
+                "relus": counted,
+                "val_acc": outcome.val_acc,
+                "test_acc": test_acc,
+                "budget": job.budget,
+                "details": _plain(outcome.details),
+            },
+        )
+        log(f"saved {job.out}")
+    return result
+
+
+def _plain(value: Any) -> Any:
+    """Reduce ``value`` to what ``torch.load(weights_only=True)`` accepts: containers, str, numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

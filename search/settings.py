@@ -1,0 +1,59 @@
+"""Route ``--set`` options to the model or the strategy that declares them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from search.errors import SearchError
+from search.options import declared_options, parse_assignments
+from search.spaces import check_model_options, model_options
+from search.strategies import Strategy
+
+
+def split_settings(
+    pairs: list[str], model_name: str, strategy: Strategy | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """(typed model options, raw strategy options) from ``--set`` pairs.
+
+    A key goes where it is declared; ``model.key`` / ``strategy.key`` force the owner where both
+    declare it. Unknown keys are an error listing what is accepted.
+    """
+    raw = parse_assignments(pairs)
+    model_keys = set(model_options(model_name))
+    strategy_keys = set(declared_options(strategy.Options)) if strategy else set()
+    to_model: dict[str, Any] = {}
+    to_strategy: dict[str, str] = {}
+    for key, value in raw.items():
+        owner, dot, bare = key.partition(".")
+        if dot and owner in ("model", "strategy"):
+            (to_model if owner == "model" else to_strategy)[bare] = value
+        elif key in model_keys and key in strategy_keys:
+            raise SearchError(f"option {key!r} exists for both the model and the strategy; write model.{key} or strategy.{key}")
+        elif key in strategy_keys:
+            to_strategy[key] = value
+        elif key in model_keys:
+            to_model[key] = value
+        else:
+            accepted = sorted(model_keys | strategy_keys)
+            owner_text = f"model {model_name}" + (f" or strategy {strategy.name}" if strategy else "")
+            raise SearchError(f"unknown option {key!r} for {owner_text}; accepted: {', '.join(accepted) or 'none'}")
+    return check_model_options(model_name, to_model), to_strategy
+
+
+def parse_budget(text: str | int | None, full: int) -> int | None:
+    """A ReLU budget: a count, or a percentage of the model's full count (``"10%"``)."""
+    if text is None:
+        return None
+    raw = str(text).strip().replace(",", "").replace("_", "")
+    try:
+        budget = int(float(raw[:-1]) / 100 * full) if raw.endswith("%") else int(float(raw))
+    except ValueError:
+        raise SearchError(f"bad budget {text!r}: expected a ReLU count or a percentage such as 10%") from None
+    if budget <= 0 or budget > full:
+        raise SearchError(f"budget {text} is out of range: expected 1..{full:,} (the model's full ReLU count) or 0-100%")
+    return budget
+
+
+def describe_options(options: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"

@@ -1,0 +1,77 @@
+"""The strategy interface: what SNL, DeepReDuce, CryptoNAS and third-party strategies implement.
+
+A strategy takes a model space entry, data, a cached full-ReLU teacher and a ReLU budget, and returns
+a model whose ReLU sites carry masks (and, where the strategy changes the architecture, the model
+name and options that rebuild it). Its options are a frozen dataclass: the field names are the
+``--set`` keys, the type hints validate them, ``__post_init__`` checks ranges and raises SearchError.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from search.data import Dataset
+from search.options import validate
+
+if TYPE_CHECKING:
+    import optuna
+
+
+@dataclass
+class Context:
+    """What one linearization works with; built by ``search.linearize`` or by a study trial."""
+
+    model_name: str
+    model_options: dict[str, Any]
+    data: Dataset
+    budget: int | None
+    device: torch.device
+    seed: int
+    teacher: Callable[[], nn.Module]
+    cache_dir: Path
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class Outcome:
+    """A linearized model and how to rebuild it. ``relus`` comes from ``search.relu.relu_count``."""
+
+    model: nn.Module
+    model_name: str
+    model_options: dict[str, Any]
+    relus: int
+    val_acc: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy(ABC):
+    """Base class of a ReLU-reduction strategy. Subclasses set ``name`` and ``Options``."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    summary: ClassVar[str] = ""
+
+    def parse_options(self, raw: Mapping[str, Any]) -> Any:
+        """Typed, range-checked options from ``--set`` strings or sampled values."""
+        return self.Options(**validate(self.Options, raw, f"strategy {self.name}"))
+
+    @abstractmethod
+    def suggest(self, trial: optuna.Trial, budget: int | None) -> dict[str, Any]:
+        """Sample this strategy's hyperparameters define-by-run, named ``<name>/<option>``;
+        returns them keyed by option name (without the prefix)."""
+
+    def plan(self, model_name: str, model_options: Mapping[str, Any], input_size: tuple[int, int, int], num_classes: int, options: Any) -> nn.Module | None:
+        """The model this strategy would train, masks set, built without training, so its ReLU count
+        can be checked against a budget first. None when only training can tell (SNL)."""
+        return None
+
+    @abstractmethod
+    def run(self, ctx: Context, options: Any) -> Outcome:
+        """Linearize: return the trained model with its final masks, at most ``ctx.budget`` ReLUs."""

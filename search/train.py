@@ -1,0 +1,212 @@
+"""Training: devices, seeds, the fit / evaluate loop and Hinton knowledge distillation.
+
+One loop serves teachers, strategies and finetuning. Strategies hook into it with ``extra_loss``
+(a penalty added to every step, e.g. SNL's Lasso on masks) and ``on_epoch_end`` (inspect the model,
+return True to stop, e.g. once a ReLU budget is met). Selection is on the validation split.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search.data import Dataset, Loader
+from search.errors import SearchError
+
+
+def pick_device(preferred: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU; chosen at run time, never assumed."""
+    if preferred == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(preferred)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SearchError("device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so CPU runs repeat exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Every field is a ``--set`` option of the command that trains."""
+
+    epochs: int = 30
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    schedule: Literal["cosine", "constant"] = "cosine"
+    augment: bool = True
+    kd_weight: float = 0.0
+    kd_temperature: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise SearchError(f"bad value {self.epochs} for epochs: expected an integer >= 0")
+        if self.lr <= 0:
+            raise SearchError(f"bad value {self.lr} for lr: expected a number > 0")
+        if self.batch_size < 1:
+            raise SearchError(f"bad value {self.batch_size} for batch_size: expected an integer >= 1")
+        if self.kd_weight < 0 or self.kd_temperature <= 0:
+            raise SearchError("kd_weight must be >= 0 and kd_temperature > 0")
+
+
+DEFAULT_TEACHER_CONFIGS: dict[str, TrainConfig] = {
+    "digits": TrainConfig(epochs=15, lr=0.05, batch_size=64),
+    "cifar10": TrainConfig(epochs=30),
+    "cifar100": TrainConfig(epochs=60),
+    "tinyimagenet": TrainConfig(epochs=60),
+}
+
+
+def teacher_config(dataset: str) -> TrainConfig:
+    """The default full-ReLU training recipe for ``dataset``."""
+    return DEFAULT_TEACHER_CONFIGS.get(dataset, TrainConfig())
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton distillation: T^2 * KL(softmax(teacher/T) || softmax(student/T))."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), reduction="batchmean", log_target=True
+    ) * (t * t)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    train_acc: float
+    val_acc: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    best_val_acc: float
+    best_epoch: int
+    history: list[EpochStats] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:  # type: ignore[no-untyped-def]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=False)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Loader) -> float:
+    """Top-1 accuracy (a fraction) of ``model`` over ``loader``."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        with _autocast(x.device):
+            correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda")
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig,
+    device: torch.device,
+    teacher: nn.Module | None = None,
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    on_epoch_end: Callable[[EpochStats], bool] | None = None,
+    select_best: bool = True,
+    log: Callable[[str], None] = print,
+    label: str = "train",
+) -> FitResult:
+    """Train ``model`` in place; keep the weights of the best validation epoch when ``select_best``.
+
+    ``teacher`` adds Hinton KD with ``config.kd_weight`` and ``config.kd_temperature``.
+    ``on_epoch_end`` returning True stops training after that epoch.
+    """
+    seed_everything(config.seed)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+    use_kd = teacher is not None and config.kd_weight > 0
+    train_loader = Loader(data.train, data.info, config.batch_size, device, shuffle=True, augment=config.augment, seed=config.seed)
+    val_loader = Loader(data.val, data.info, 512, device)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
+        if config.schedule == "cosine"
+        else None
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    result = FitResult(best_val_acc=-1.0, best_epoch=-1)
+    best_state = None
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for x, y in train_loader:
+            with _autocast(device):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if use_kd:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)  # type: ignore[misc]
+                    loss = loss + config.kd_weight * kd_loss(logits.float(), teacher_logits.float(), config.kd_temperature)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+        lr = optimizer.param_groups[0]["lr"]
+        if schedule is not None:
+            schedule.step()
+        mean_loss = float(total_loss) / max(seen, 1)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"{label}: loss became {mean_loss} in epoch {epoch}")
+        stats = EpochStats(epoch, mean_loss, int(correct) / max(seen, 1), evaluate(model, val_loader), lr, time.perf_counter() - start)
+        result.history.append(stats)
+        log(
+            f"{label} epoch {epoch}/{config.epochs} loss {stats.loss:.4f} train_acc {stats.train_acc:.4f} "
+            f"val_acc {stats.val_acc:.4f} lr {stats.lr:.2g} ({stats.seconds:.1f}s)"
+        )
+        if stats.val_acc > result.best_val_acc:
+            result.best_val_acc, result.best_epoch = stats.val_acc, epoch
+            if select_best:
+                best_state = copy.deepcopy(model.state_dict())
+        if on_epoch_end is not None and on_epoch_end(stats):
+            result.stopped_early = True
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return result
+

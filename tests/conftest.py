@@ -1,0 +1,26 @@
+"""Shared fixtures: the real CIFAR-10 subset beside the project, and an isolated teacher cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CIFAR_DIR = PROJECT_ROOT.parent / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    """``../shared/data/cifar10`` (the real CIFAR-10 subset); tests using it skip where it is absent."""
+    if not (CIFAR_DIR / "cifar-10-batches-py" / "data_batch_1").is_file():
+        pytest.skip(f"CIFAR-10 subset not found at {CIFAR_DIR}")
+    return CIFAR_DIR
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets the session's own teacher cache, never the user's ~/.cache/search."""
+    cache = tmp_path_factory.getbasetemp() / "search-cache"
+    monkeypatch.setenv("SEARCH_CACHE_DIR", str(cache))
+    return cache
