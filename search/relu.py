@@ -89,7 +89,8 @@ class ReLUSite(nn.Module):
         if self.shape is not None and torch.broadcast_shapes(mask.shape, self.shape) != self.shape:
             raise SearchError(f"mask of shape {tuple(mask.shape)} does not fit site {self.name} of shape {self.shape}")
         if trainable:
-            self.register_parameter("mask", nn.Parameter(mask.detach().float().clone()))
+            values = mask.detach().clone() if mask.is_floating_point() else mask.detach().float()
+            self.register_parameter("mask", nn.Parameter(values))
             self._mode = "soft"
             return
         binary = mask.detach().bool() if mask.dtype == torch.bool else mask.detach() > 0.5
@@ -284,9 +285,12 @@ def _graph_has_functional_relu_or_reuse(graph: torch.fx.Graph, model: nn.Module)
 def _convert_graph(model: nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModule:
     """Rewrite a traced graph so that every ReLU call (module or functional) is its own site."""
     gm = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
+    relu_modules = {
+        n.target for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), (nn.ReLU, ReLUSite))
+    }
     seen: dict[str, int] = {}
     for node in list(gm.graph.nodes):
-        is_module = node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.ReLU)
+        is_module = node.op == "call_module" and node.target in relu_modules
         is_function = (node.op == "call_function" and node.target in _FUNCTIONAL_RELUS) or (
             node.op == "call_method" and node.target in _METHOD_RELUS
         )
@@ -304,7 +308,8 @@ def _convert_graph(model: nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphMod
         path = base if seen[base] == 1 else f"{base}_{seen[base]}"
         parent_path, _, attr = path.rpartition(".")
         if is_module and seen[base] == 1:
-            setattr(gm.get_submodule(parent_path), attr, _new_site(path))
+            if not isinstance(gm.get_submodule(path), ReLUSite):
+                setattr(gm.get_submodule(parent_path), attr, _new_site(path))
         else:
             while attr in dict(gm.get_submodule(parent_path).named_children()):
                 attr += "_"
