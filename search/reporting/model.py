@@ -1,0 +1,449 @@
+"""The report model: one pure function from loaded runs to everything a report shows.
+
+``build_report`` reads nothing and writes nothing; renderers draw its :class:`Report` and compute
+nothing of substance. Conventions fixed here, and stated in every rendering:
+
+- Fronts are per series (a strategy; ``strategy [run]`` when one strategy appears in several runs),
+  over finished, feasible trials, on (validation accuracy: maximise, ReLU count: minimise).
+- Hypervolume is measured in normalised coordinates, both minimised: ``x = log10(ReLUs) / log10(N)``
+  and ``y = 1 - accuracy``, with reference point ``(1, 1)``, i.e. N ReLUs at accuracy 0, where N is
+  the largest full count of the runs compared (or the most ReLUs of any finished, feasible trial, if
+  a strategy that changes the architecture went above it). It lies in [0, 1]: 1 would be 100 %
+  accuracy with one ReLU, and a trial with N ReLUs adds nothing. Log ReLUs because budgets span
+  orders of magnitude.
+- "Best accuracy at <= B" uses the same finished, feasible trials; the winner has the highest
+  validation accuracy (selection is on validation; test accuracy is shown beside it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import FrozenTrial
+
+from search.errors import SearchError
+from search.objectives import COST_PRESETS, CostModel, cost_model, hypervolume_2d, pareto_front
+from search.reporting import text
+from search.reporting.load import PublishedPoint, RunData, model_file
+
+BUDGET_FRACTIONS = (0.01, 0.02, 0.05, 0.10, 0.25, 0.50, 1.0)
+LATENCY_PRESETS = ("delphi", "cheetah")
+HV_REFERENCE_ACCURACY = 0.0
+TIE = 1e-12
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One Optuna trial of one run, with its objectives, attributes and front membership."""
+
+    run: str
+    number: int
+    state: str
+    strategy: str
+    series: str
+    params: dict[str, Any]
+    values: dict[str, float]
+    relus: int | None
+    val_acc: float | None
+    test_acc: float | None
+    latency_s: float | None
+    communication_mb: float | None
+    seconds: float | None
+    model_path: str | None
+    model_present: bool
+    feasible: bool
+    fail_reason: str | None
+    attrs: dict[str, Any]
+    on_front: bool = False
+    on_overall_front: bool = False
+
+    @property
+    def eligible(self) -> bool:
+        """Finished, within the budget, with both objectives: may enter a front or a ladder cell."""
+        return self.state == "COMPLETE" and self.feasible and self.relus is not None and self.val_acc is not None
+
+    @property
+    def over_budget(self) -> bool:
+        """Finished over the budget, or stopped before training because its plan was (Optuna state PRUNED)."""
+        return self.state in ("COMPLETE", "PRUNED") and not self.feasible and self.relus is not None
+
+
+@dataclass(frozen=True)
+class Series:
+    """One strategy's trials (per run when a strategy appears in several runs) and its front."""
+
+    name: str
+    strategy: str
+    runs: tuple[str, ...]
+    trials: int
+    finished: int
+    failed: int
+    rerun: int
+    over_budget: int
+    unfinished: int
+    compute_s: float
+    front: tuple[TrialRow, ...]
+    hypervolume: float | None
+    best_acc: float | None
+    fewest_relus: int | None
+
+
+@dataclass(frozen=True)
+class LadderRow:
+    """Best trial per series within one limit, the winner(s) and the lead over the next series."""
+
+    label: str
+    detail: str
+    relus: int
+    cells: dict[str, TrialRow | None]
+    winners: tuple[str, ...]
+    margin: float | None
+
+
+@dataclass(frozen=True)
+class Ladder:
+    title: str
+    note: str
+    rows: tuple[LadderRow, ...]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run was asked to do, as the report states it."""
+
+    label: str
+    run_dir: str
+    settings: dict[str, Any]
+    convention: str
+
+
+@dataclass(frozen=True)
+class Report:
+    title: str
+    runs: tuple[RunSummary, ...]
+    dataset: str | None
+    model: str | None
+    full_relus: int
+    budget: int | None
+    objectives: tuple[str, ...]
+    param_names: tuple[str, ...]
+    series: tuple[Series, ...]
+    trials: tuple[TrialRow, ...]
+    hypervolume_note: str
+    relu_ladder: Ladder
+    latency_ladders: tuple[Ladder, ...]
+    published: tuple[PublishedPoint, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def finished(self) -> int:
+        return sum(1 for t in self.trials if t.state == "COMPLETE")
+
+    @property
+    def pareto_trials(self) -> tuple[TrialRow, ...]:
+        """Trials on their series' front, series by series, fewest ReLUs first."""
+        return tuple(t for s in self.series for t in s.front)
+
+
+def build_report(runs: Sequence[RunData], published: Sequence[PublishedPoint] = ()) -> Report:
+    """The report model of one run or a merged comparison of several."""
+    if not runs:
+        raise SearchError("no run directory given")
+    notes: list[str] = []
+    names_of = _series_names(runs)
+    rows = _mark_fronts([row for run in runs for row in _trial_rows(run, names_of, notes)])
+    full_relus = max(run.settings.full_relus for run in runs)
+    eligible = [r for r in rows if r.eligible]
+    # Strategies that change the architecture (CryptoNAS) may exceed the base model's count without a budget.
+    reference_relus = max([full_relus] + [r.relus for r in eligible])  # type: ignore[list-item]
+    dataset = _common(run.settings.dataset for run in runs)
+    model = _common(run.settings.model for run in runs)
+    budget = _common(run.settings.budget for run in runs)
+    if dataset is None:
+        notes.append("The runs use different datasets: accuracies are not comparable across them.")
+    elif model is None:
+        notes.append("The runs use different models; ReLU counts follow each run's own model.")
+    if len({run.settings.stem_relu for run in runs}) > 1:
+        notes.append("The runs count ReLUs under different conventions (stem ReLU or not): see Settings.")
+    finished = sum(1 for r in rows if r.state == "COMPLETE")
+    if finished == 0:
+        notes.insert(0, f"No finished trials yet: {len(rows)} trial(s) in storage, none COMPLETE, so there is no front.")
+    elif not any(r.eligible for r in rows):
+        notes.insert(0, "No finished trial is within the budget, so there is no front.")
+    series = _series(runs, rows, reference_relus)
+    names = [s.name for s in series]
+    shown = tuple(p for p in published if dataset is not None and p.dataset == dataset)
+    if published and dataset is not None and not shown:
+        have = ", ".join(sorted({p.dataset for p in published}))
+        notes.append(f"No published reference points for {dataset} (they exist for {have}).")
+    return Report(
+        title=_title(runs),
+        runs=tuple(_run_summary(run) for run in runs),
+        dataset=dataset,
+        model=model,
+        full_relus=full_relus,
+        budget=budget,
+        objectives=tuple(runs[0].settings.objectives),
+        param_names=tuple(sorted({k for r in rows for k in r.params})),
+        series=series,
+        trials=tuple(rows),
+        hypervolume_note=_hypervolume_note(reference_relus, full_relus),
+        relu_ladder=_relu_ladder(eligible, names, full_relus, reference_relus, {run.settings.budget for run in runs} - {None}),
+        latency_ladders=tuple(
+            _latency_ladder(eligible, names, full_relus, reference_relus, COST_PRESETS[p]) for p in LATENCY_PRESETS
+        ),
+        published=shown,
+        notes=tuple(notes),
+    )
+
+
+def normalised_point(relus: int, accuracy: float, reference_relus: int) -> tuple[float, float]:
+    """A trial in hypervolume coordinates: (log10 ReLUs / log10 N, 1 - accuracy)."""
+    return math.log10(max(relus, 1)) / math.log10(reference_relus), 1.0 - accuracy
+
+
+def front_hypervolume(front: Sequence[TrialRow], reference_relus: int) -> float | None:
+    """Hypervolume of a front against the reference point (N ReLUs, accuracy 0); None when undefined."""
+    if reference_relus <= 1 or not front:
+        return None
+    points = [normalised_point(t.relus, t.val_acc, reference_relus) for t in front]  # type: ignore[arg-type]
+    return hypervolume_2d(points, (1.0, 1.0 - HV_REFERENCE_ACCURACY))
+
+
+def _hypervolume_note(reference_relus: int, full_relus: int) -> str:
+    which = "the full model's count"
+    if reference_relus != full_relus:
+        which = f"the most of any trial; the full model has {full_relus:,}"
+    return (
+        f"Hypervolume in (log10 ReLUs / log10 N, 1 - validation accuracy), both minimised, with N = {reference_relus:,} "
+        f"ReLUs ({which}), and reference point (N ReLUs, accuracy {HV_REFERENCE_ACCURACY:.0%}) = (1, 1). "
+        "Range 0..1: 1 would be 100% accuracy with one ReLU; a trial with N ReLUs adds nothing."
+    )
+
+
+def _series_names(runs: Sequence[RunData]) -> dict[tuple[str, str], str]:
+    """(run label, strategy) -> series name; the run label is added only where a strategy repeats."""
+    seen: dict[str, set[str]] = {}
+    for run in runs:
+        for trial in run.trials:
+            seen.setdefault(_strategy(trial, run), set()).add(run.label)
+    return {
+        (label, strategy): strategy if len(labels) == 1 else f"{strategy} [{label}]"
+        for strategy, labels in seen.items()
+        for label in labels
+    }
+
+
+def _strategy(trial: FrozenTrial, run: RunData) -> str:
+    name = trial.user_attrs.get("strategy") or trial.params.get("strategy")
+    if not name and len(run.settings.strategies) == 1:
+        name = run.settings.strategies[0]
+    return str(name or "unknown")
+
+
+def _trial_rows(run: RunData, series_names: dict[tuple[str, str], str], notes: list[str]) -> list[TrialRow]:
+    settings = run.settings
+    cost: CostModel | None
+    try:
+        cost = cost_model(settings.cost_model)
+    except SearchError as err:
+        cost = None
+        notes.append(f"Run {run.label}: {err}; latency and communication shown only where trials recorded them.")
+    rows = []
+    for trial in sorted(run.trials, key=lambda t: t.number):
+        attrs = trial.user_attrs
+        values = dict(zip(settings.objectives, trial.values)) if trial.values else {}
+        relus = _number(values.get("relus", attrs.get("relus")))
+        relus_int = int(relus) if relus is not None else None
+        latency = _number(attrs.get("latency_s"))
+        communication = _number(attrs.get("communication_mb"))
+        if cost is not None and relus_int is not None:
+            latency = cost.latency_s(relus_int) if latency is None else latency
+            communication = cost.communication_mb(relus_int) if communication is None else communication
+        strategy = _strategy(trial, run)
+        path = model_file(run.run_dir, trial)
+        rows.append(
+            TrialRow(
+                run=run.label,
+                number=trial.number,
+                state=trial.state.name,
+                strategy=strategy,
+                series=series_names[(run.label, strategy)],
+                params=dict(trial.params),
+                values={k: float(v) for k, v in values.items()},
+                relus=relus_int,
+                val_acc=_number(values.get("accuracy", attrs.get("val_acc"))),
+                test_acc=_number(attrs.get("test_acc")),
+                latency_s=latency,
+                communication_mb=communication,
+                seconds=_seconds(trial),
+                model_path=str(path) if path is not None else None,
+                model_present=trial.number in run.models_present,
+                feasible=_feasible(trial, relus_int, settings.budget),
+                fail_reason=str(attrs["fail_reason"]) if attrs.get("fail_reason") else None,
+                attrs=dict(attrs),
+            )
+        )
+    return rows
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for missing, non-numeric or NaN values."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _seconds(trial: FrozenTrial) -> float | None:
+    seconds = _number(trial.user_attrs.get("seconds"))
+    if seconds is None and trial.datetime_start and trial.datetime_complete:
+        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return seconds
+
+
+def _feasible(trial: FrozenTrial, relus: int | None, budget: int | None) -> bool:
+    """Within the budget by every sign recorded: the ``feasible`` attribute, Optuna constraints, the count itself."""
+    flagged = trial.user_attrs.get("feasible")
+    return (
+        (flagged is None or bool(flagged))
+        and all(c <= 0.0 for c in trial.constraints.values())
+        and (budget is None or relus is None or relus <= budget)
+    )
+
+
+def _mark_fronts(rows: list[TrialRow]) -> list[TrialRow]:
+    directions = ("maximize", "minimize")
+    eligible = [i for i, r in enumerate(rows) if r.eligible]
+    overall = {eligible[j] for j in pareto_front([(rows[i].val_acc, rows[i].relus) for i in eligible], directions)}
+    on_front: set[int] = set()
+    for name in dict.fromkeys(rows[i].series for i in eligible):
+        members = [i for i in eligible if rows[i].series == name]
+        on_front |= {members[j] for j in pareto_front([(rows[i].val_acc, rows[i].relus) for i in members], directions)}
+    return [dataclasses.replace(r, on_front=i in on_front, on_overall_front=i in overall) for i, r in enumerate(rows)]
+
+
+def _series(runs: Sequence[RunData], rows: list[TrialRow], reference_relus: int) -> tuple[Series, ...]:
+    order = {s: i for i, s in enumerate(dict.fromkeys(s for run in runs for s in run.settings.strategies))}
+    names = sorted(dict.fromkeys(r.series for r in rows), key=lambda n: (order.get(n.split(" [")[0], len(order)), n))
+    # A trial a killed run interrupted is FAIL in storage, and --resume reran it as a new trial (``rerun_of``).
+    rerun = {(r.run, r.attrs["rerun_of"]) for r in rows if r.attrs.get("rerun_of") is not None}
+    result = []
+    for name in names:
+        mine = [r for r in rows if r.series == name]
+        front = tuple(sorted((r for r in mine if r.on_front), key=lambda r: (r.relus, -r.val_acc, r.run, r.number)))
+        eligible = [r for r in mine if r.eligible]
+        result.append(
+            Series(
+                name=name,
+                strategy=mine[0].strategy,
+                runs=tuple(dict.fromkeys(r.run for r in mine)),
+                trials=len(mine),
+                finished=sum(1 for r in mine if r.state == "COMPLETE"),
+                failed=sum(1 for r in mine if r.state == "FAIL" and (r.run, r.number) not in rerun),
+                rerun=sum(1 for r in mine if r.state == "FAIL" and (r.run, r.number) in rerun),
+                over_budget=sum(1 for r in mine if r.over_budget),
+                unfinished=sum(1 for r in mine if r.state in ("RUNNING", "WAITING")),
+                compute_s=sum(r.seconds or 0.0 for r in mine),
+                front=front,
+                hypervolume=front_hypervolume(front, reference_relus),
+                best_acc=max((r.val_acc for r in eligible), default=None),  # type: ignore[type-var]
+                fewest_relus=min((r.relus for r in eligible), default=None),  # type: ignore[type-var]
+            )
+        )
+    return tuple(result)
+
+
+def _ladder_row(label: str, detail: str, limit: int, eligible: list[TrialRow], names: list[str]) -> LadderRow:
+    cells: dict[str, TrialRow | None] = {}
+    for name in names:
+        within = [r for r in eligible if r.series == name and r.relus <= limit]  # type: ignore[operator]
+        cells[name] = max(within, key=lambda r: (r.val_acc, -r.relus), default=None)  # type: ignore[arg-type,return-value]
+    scores = sorted(((c.val_acc, n) for n, c in cells.items() if c is not None), reverse=True)
+    if not scores:
+        return LadderRow(label, detail, limit, cells, (), None)
+    best = scores[0][0]
+    winners = tuple(n for n in names if cells[n] is not None and best - cells[n].val_acc <= TIE)  # type: ignore[union-attr]
+    others = [s for s, n in scores if n not in winners]
+    margin = (best - others[0]) if others else (0.0 if len(winners) > 1 else None)
+    return LadderRow(label, detail, limit, cells, winners, margin)
+
+
+def _relu_ladder(eligible: list[TrialRow], names: list[str], full_relus: int, most: int, budgets: set[int]) -> Ladder:
+    """Rungs at fractions of the full count, the run's budget, and the largest trial where it is above the full count."""
+    rungs = {int(math.floor(f * full_relus)): f"{f:.0%} of {full_relus:,}" for f in BUDGET_FRACTIONS}
+    if most > full_relus:
+        rungs[most] = "every trial (some exceed the full model)"
+    for b in sorted(budgets):
+        rungs[b] = "the run's budget" if b not in rungs else rungs[b] + " (the run's budget)"
+    rows = tuple(
+        _ladder_row(f"≤ {limit:,}", detail, limit, eligible, names) for limit, detail in sorted(rungs.items()) if limit >= 1
+    )
+    return Ladder(
+        "Best validation accuracy at ≤ B ReLUs",
+        "Budgets are fractions of the full model's ReLU count; each cell is the best finished, feasible trial "
+        "within the budget (winner marked ★; margin = lead in accuracy points over the next strategy).",
+        rows,
+    )
+
+
+def _latency_ladder(eligible: list[TrialRow], names: list[str], full_relus: int, most: int, cost: CostModel) -> Ladder:
+    """Round latencies from that of the smallest ReLU rung up to that of the largest trial or the full model."""
+    per_relu_s = cost.online_us_per_relu * 1e-6
+    limits = _one_two_five(cost.latency_s(max(1, int(BUDGET_FRACTIONS[0] * full_relus))), cost.latency_s(most))
+    rows = []
+    for seconds in limits:
+        relus = int(math.floor(seconds / per_relu_s * (1 + 1e-12)))
+        detail = f"≤ {relus:,} ReLUs, {cost.communication_mb(relus):,.3g} MB online"
+        rows.append(_ladder_row(f"≤ {text.seconds(seconds)}", detail, relus, eligible, names))
+    return Ladder(
+        f"Best validation accuracy at equal estimated PI latency ({cost.name})",
+        f"{cost.name}: {cost.online_us_per_relu:g} us and {cost.online_bytes_per_relu:,.0f} B online per ReLU. "
+        "Latency is linear in the ReLU count under this model, so each row is a ReLU budget read as seconds.",
+        tuple(rows),
+    )
+
+
+def _one_two_five(low: float, high: float) -> list[float]:
+    """Round limits (1, 2, 5 x 10^k) from ``low`` up to ``high``, ending with ``high`` itself."""
+    values: list[float] = []
+    exponent = math.floor(math.log10(low))
+    while True:
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10.0**exponent
+            if value > high * (1 - 1e-9):
+                return values + [high]
+            if value >= low * (1 - 1e-9):
+                values.append(value)
+        exponent += 1
+
+
+def _common(values: Any) -> Any:
+    distinct = list(dict.fromkeys(values))
+    return distinct[0] if len(distinct) == 1 else None
+
+
+def _title(runs: Sequence[RunData]) -> str:
+    if len(runs) == 1:
+        return f"Pareto report: {runs[0].settings.study_name}"
+    return f"Pareto report: {len(runs)} runs ({', '.join(run.label for run in runs)})"
+
+
+def convention(stem_relu: bool) -> str:
+    """The counting convention in words: one ReLU per activation element per input, stem or not."""
+    stem = "the stem ReLU is counted"
+    if not stem_relu:
+        stem = "the model has no stem ReLU (as in SNL's and DeepReDuce's released models)"
+    return f"one ReLU = one activation element for one input (batch excluded); {stem}"
+
+
+def _run_summary(run: RunData) -> RunSummary:
+    settings = dataclasses.asdict(run.settings)
+    return RunSummary(run.label, str(run.run_dir), settings, convention(run.settings.stem_relu))

@@ -1,0 +1,210 @@
+"""The report's text and tables, laid out once for both the HTML and the Markdown renderer.
+
+A section is a title and a list of blocks (a paragraph or a table); cells are text, optionally
+strong (a ladder winner). Renderers only decide how a paragraph and a table look.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from search.reporting import text
+from search.reporting.model import Ladder, Report, RunSummary, TrialRow
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    strong: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: tuple[str, ...]
+    rows: tuple[tuple[Cell, ...], ...]
+    caption: str = ""
+
+
+Block = str | Table
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    blocks: tuple[Block, ...]
+
+
+def sections(report: Report) -> list[Section]:
+    """Every section after the plot, in reading order."""
+    result = [_strategies(report)] if report.series else []
+    if any(s.front for s in report.series):
+        result.append(_ladder(report, report.relu_ladder))
+        result += [_ladder(report, ladder) for ladder in report.latency_ladders]
+        result.append(_pareto(report))
+    if report.published:
+        result.append(_published(report))
+    result.append(_settings(report))
+    return result
+
+
+def subtitle(report: Report) -> str:
+    """Dataset, model, trial counts and the counting convention, in one line under the title."""
+    parts = [f"dataset {report.dataset or 'mixed'}", f"model {report.model or 'mixed'}"]
+    parts.append(f"{len(report.trials)} trials ({report.finished} finished)")
+    conventions = {run.convention for run in report.runs}
+    if len(conventions) == 1:
+        parts.append(f"counting: {conventions.pop()}")
+    return " · ".join(parts)
+
+
+def _c(value: Any, strong: bool = False) -> Cell:
+    return Cell(str(value), strong)
+
+
+def _strategies(report: Report) -> Section:
+    headers = ("strategy", "runs", "trials", "finished", "failed", "over budget", "on front", "best val acc", "fewest ReLUs",
+               "hypervolume", "compute time")
+    rows = tuple(
+        (
+            _c(s.name),
+            _c(", ".join(s.runs)),
+            _c(s.trials),
+            _c(s.finished),
+            _c(s.failed),
+            _c(s.over_budget),
+            _c(len(s.front)),
+            _c(text.accuracy(s.best_acc)),
+            _c(text.count(s.fewest_relus)),
+            _c(text.hypervolume(s.hypervolume)),
+            _c(text.duration(s.compute_s)),
+        )
+        for s in report.series
+    )
+    note = "Compute time is the sum of the trials' own wall time (training and evaluation), failed trials included."
+    reruns = sum(s.rerun for s in report.series)
+    if reruns:
+        note += f" {reruns} trial(s) interrupted by a killed run and rerun by --resume are not counted as failed."
+    return Section("Strategies", (Table(headers, rows), report.hypervolume_note, note))
+
+
+def _ladder(report: Report, ladder: Ladder) -> Section:
+    names = [s.name for s in report.series]
+    headers = ("limit", "") + tuple(names) + ("winner", "margin")
+    rows = []
+    for row in ladder.rows:
+        cells = [_c(row.label), _c(row.detail)]
+        for name in names:
+            cells.append(_ladder_cell(row.cells[name], name in row.winners, len(report.runs) > 1))
+        cells.append(_c(", ".join(row.winners) or "—"))
+        cells.append(_c(text.points(row.margin)))
+        rows.append(tuple(cells))
+    return Section(ladder.title, (ladder.note, Table(headers, tuple(rows))))
+
+
+def _ladder_cell(trial: TrialRow | None, winner: bool, name_run: bool) -> Cell:
+    """Validation accuracy (★ for the winner), then test accuracy and which trial it is."""
+    if trial is None:
+        return Cell("—")
+    mark = " ★" if winner else ""
+    which = f"{trial.run} #{trial.number}" if name_run else f"trial #{trial.number}"
+    return Cell(f"{text.accuracy(trial.val_acc)}{mark} (test {text.accuracy(trial.test_acc)}; {which})", winner)
+
+
+def _pareto(report: Report) -> Section:
+    cost = {run.label: run.settings.get("cost_model", "") for run in report.runs}
+    headers = ("strategy", "run", "trial", "sampled hyperparameters", "options used", "ReLUs", "val acc", "test acc", "latency",
+               "communication", "best overall", "saved model")
+    rows = tuple(
+        (
+            _c(t.series),
+            _c(t.run),
+            _c(f"#{t.number}"),
+            _c(text.params(t.params)),
+            _c(text.options(t.attrs.get("options"))),
+            _c(text.count(t.relus)),
+            _c(text.accuracy(t.val_acc)),
+            _c(text.accuracy(t.test_acc)),
+            _c(f"{text.seconds(t.latency_s)} ({cost[t.run]})"),
+            _c(f"{text.megabytes(t.communication_mb)} ({cost[t.run]})"),
+            _c("yes" if t.on_overall_front else ""),
+            _c(_model_cell(t)),
+        )
+        for t in report.pareto_trials
+    )
+    note = (
+        "Each strategy's non-dominated trials (validation accuracy vs ReLUs), fewest ReLUs first. "
+        "'best overall' marks trials no other strategy's trial dominates. Latency and communication are "
+        "the online estimates of the run's cost model."
+    )
+    return Section("Pareto-optimal trials", (note, Table(headers, rows)))
+
+
+def _model_cell(t: TrialRow) -> str:
+    if t.model_path is None:
+        return "not saved"
+    return t.model_path if t.model_present else f"{t.model_path} (missing)"
+
+
+def _published(report: Report) -> Section:
+    headers = ("method", "model", "ReLUs", "top-1 (test)", "source")
+    rows = tuple(
+        (_c(p.method), _c(p.model), _c(text.count(p.relus)), _c(text.accuracy(p.accuracy)), _c(p.source))
+        for p in sorted(report.published, key=lambda p: (p.method, p.relus))
+    )
+    note = (
+        f"Figures from the papers for {report.dataset}, drawn as grey marks. They are test top-1 accuracies of "
+        "full-size training runs with each paper's own counting convention, so read them as landmarks, not as "
+        "a like-for-like comparison."
+    )
+    return Section("Published reference points", (note, Table(headers, rows)))
+
+
+SETTING_LABELS = (
+    ("run_dir", "run directory"),
+    ("study_name", "study"),
+    ("storage", "storage"),
+    ("strategies", "strategies"),
+    ("dataset", "dataset"),
+    ("model", "model"),
+    ("model_options", "model options"),
+    ("objectives", "objectives"),
+    ("budget", "ReLU budget"),
+    ("full_relus", "full model ReLUs"),
+    ("convention", "counting convention"),
+    ("cost_model", "PI cost model"),
+    ("sampler", "sampler"),
+    ("seed", "seed"),
+    ("trials", "trials requested"),
+    ("created", "created"),
+    ("versions", "versions"),
+    ("extra", "other settings"),
+)
+
+
+def _settings(report: Report) -> Section:
+    blocks: list[Block] = []
+    for run in report.runs:
+        rows = tuple((_c(label), _c(_setting(run, key))) for key, label in SETTING_LABELS)
+        blocks.append(Table(("setting", "value"), rows, caption=f"Run {run.label}"))
+    return Section("Settings", tuple(blocks))
+
+
+def _setting(run: RunSummary, key: str) -> str:
+    s = run.settings
+    if key == "run_dir":
+        return run.run_dir
+    if key == "convention":
+        return run.convention
+    if key == "objectives":
+        return ", ".join(f"{o} ({d})" for o, d in zip(s.get("objectives", []), s.get("directions", [])))
+    value = s.get(key)
+    if key == "budget":
+        return "none" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+    if key == "full_relus" and isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={text.value(v)}" for k, v in sorted(value.items())) or "—"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "—"
+    return "—" if value is None or value == "" else str(value)

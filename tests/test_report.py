@@ -1,0 +1,329 @@
+"""Pareto reports from real run directories: run.json via rundir.write_settings, real SQLite Optuna storage."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from search import rundir
+from search.errors import SearchError
+from search.report import make_report, write_report
+from search.rundir import RunSettings
+
+FULL = 10_000
+BUDGET = 6_000
+REPORT_FILES = ("report.html", "report.md", "pareto.png", "trials.csv")
+
+# (strategy, relus, val_acc, feasible, state); params are namespaced per strategy as in a real study.
+STUDY_A = [
+    ("snl", 100, 0.80, True, TrialState.COMPLETE),
+    ("snl", 1000, 0.90, True, TrialState.COMPLETE),
+    ("snl", 1000, 0.85, True, TrialState.COMPLETE),
+    ("snl", 5000, 0.88, True, TrialState.COMPLETE),
+    ("deepreduce", 300, 0.84, True, TrialState.COMPLETE),
+    ("deepreduce", 2000, 0.92, True, TrialState.COMPLETE),
+    ("deepreduce", 8000, 0.95, False, TrialState.COMPLETE),
+    ("deepreduce", None, None, True, TrialState.FAIL),
+    ("snl", 7000, None, False, TrialState.PRUNED),  # its plan was over the budget: never trained
+]
+STUDY_B = [
+    ("cryptonas", 400, 0.86, True, TrialState.COMPLETE),
+    ("cryptonas", 3000, 0.93, True, TrialState.COMPLETE),
+]
+
+
+def make_run(run_dir: Path, trials: list[tuple], strategies: list[str], name: str, dataset: str = "digits",
+             model: str = "resnet_tiny", full: int = FULL, budget: int | None = BUDGET, more_attrs: dict | None = None) -> Path:
+    """A run directory as search.run leaves it: run.json, study.db with real trials, saved models.
+
+    ``more_attrs`` maps a trial number to extra user attributes (e.g. ``rerun_of``)."""
+    run_dir.mkdir(parents=True)
+    settings = RunSettings(
+        study_name=name,
+        storage=rundir.storage_url(run_dir),
+        strategies=strategies,
+        dataset=dataset,
+        model=model,
+        model_options={"width": 8},
+        objectives=["accuracy", "relus"],
+        directions=["maximize", "minimize"],
+        budget=budget,
+        full_relus=full,
+        stem_relu=True,
+        cost_model="delphi",
+        sampler="tpe",
+        seed=7,
+        trials=len(trials),
+        created="2026-11-22T04:00:00+00:00",
+        versions={"search": "0.1.0", "optuna": optuna.__version__},
+    )
+    rundir.write_settings(run_dir, settings)
+    study = optuna.create_study(study_name=name, storage=settings.storage, directions=settings.directions)
+    for number, (strategy, relus, acc, feasible, state) in enumerate(trials):
+        params: dict = {f"{strategy}/lam": 1e-5 * (number + 1), f"{strategy}/epochs": number + 1}
+        dists: dict = {f"{strategy}/lam": FloatDistribution(1e-6, 1e-3, log=True), f"{strategy}/epochs": IntDistribution(1, 1000)}
+        if len(strategies) > 1:
+            params["strategy"], dists["strategy"] = strategy, CategoricalDistribution(strategies)
+        attrs: dict = {"strategy": strategy, "seconds": 60.0 + number, "options": {"lam": params[f"{strategy}/lam"],
+                       "epochs": number + 1, "finetune_epochs": 2}}
+        attrs |= (more_attrs or {}).get(number, {})
+        constraints = {"relus_over_budget": relus - budget} if relus is not None and budget is not None else None
+        if state == TrialState.COMPLETE:
+            model = rundir.trial_model_path(run_dir, number)
+            model.parent.mkdir(parents=True)
+            model.write_bytes(b"weights")
+            attrs |= {"relus": relus, "val_acc": acc, "test_acc": acc - 0.01, "feasible": feasible,
+                      "model_path": str(model.relative_to(run_dir)), "latency_s": relus * 24.6e-6,
+                      "communication_mb": relus * 1184 / 1e6}
+            study.add_trial(create_trial(state=state, values=[acc, relus], params=params, distributions=dists, user_attrs=attrs,
+                                         constraints=constraints))
+        elif state == TrialState.PRUNED:
+            attrs |= {"relus": relus, "feasible": False, "infeasible_reason": f"plan has {relus:,} ReLUs, over the budget"}
+            study.add_trial(create_trial(state=state, params=params, distributions=dists, user_attrs=attrs,
+                                         constraints=constraints))
+        else:
+            attrs["fail_reason"] = "loss became NaN"
+            study.add_trial(create_trial(state=state, params=params, distributions=dists, user_attrs=attrs))
+    return run_dir
+
+
+@pytest.fixture
+def run_a(tmp_path: Path) -> Path:
+    return make_run(tmp_path / "run-a", STUDY_A, ["snl", "deepreduce"], "study-a")
+
+
+@pytest.fixture
+def run_b(tmp_path: Path) -> Path:
+    return make_run(tmp_path / "run-b", STUDY_B, ["cryptonas"], "study-b")
+
+
+def fronts(report) -> dict[str, list[tuple[int, float]]]:
+    return {s.name: [(t.relus, t.val_acc) for t in s.front] for s in report.series}
+
+
+def test_model_fronts_hypervolumes_and_ladder(run_a: Path) -> None:
+    report = make_report([run_a])
+    assert fronts(report) == {"snl": [(100, 0.80), (1000, 0.90)], "deepreduce": [(300, 0.84), (2000, 0.92)]}
+    snl, dr = report.series
+    # Hand-computed: x = log10(ReLUs)/log10(10,000), y = 1 - acc, reference (1, 1).
+    # snl: x = 0.5, 0.75; y = 0.2, 0.1 -> (1-0.5)(1-0.2) + (1-0.75)(0.2-0.1) = 0.4 + 0.025.
+    assert snl.hypervolume == pytest.approx(0.425)
+    x1, x2 = math.log10(300) / 4, math.log10(2000) / 4
+    assert dr.hypervolume == pytest.approx((1 - x1) * (1 - 0.16) + (1 - x2) * (0.16 - 0.08))
+    assert (snl.trials, snl.finished, snl.failed, snl.over_budget) == (5, 4, 0, 1)
+    assert (dr.trials, dr.finished, dr.failed, dr.over_budget) == (4, 3, 1, 1)
+    assert snl.compute_s == pytest.approx(60 + 61 + 62 + 63 + 68)
+    ladder = {row.relus: row for row in report.relu_ladder.rows}
+    assert sorted(ladder) == [100, 200, 500, 1000, 2500, 5000, BUDGET, FULL]
+    expected = {100: ("snl", None), 500: ("deepreduce", 0.04), 1000: ("snl", 0.06), 2500: ("deepreduce", 0.02),
+                FULL: ("deepreduce", 0.02)}
+    for limit, (winner, margin) in expected.items():
+        assert ladder[limit].winners == (winner,)
+        assert ladder[limit].margin == (None if margin is None else pytest.approx(margin))
+    assert ladder[100].cells["deepreduce"] is None
+    assert ladder[FULL].cells["deepreduce"].number == 5  # the 8,000-ReLU trial is over budget: never a winner
+    overall = sorted((t.relus, t.number) for t in report.trials if t.on_overall_front)
+    assert overall == [(100, 0), (300, 4), (1000, 1), (2000, 5)]
+    delphi = {row.label: row for row in report.latency_ladders[0].rows}
+    assert delphi["≤ 20 ms"].relus == 813 and delphi["≤ 20 ms"].winners == ("deepreduce",)
+    assert report.latency_ladders[1].title.endswith("(cheetah)")
+    assert report.published == ()  # digits has no published figures
+    pareto = report.pareto_trials
+    assert [t.number for t in pareto] == [0, 1, 4, 5] and all(t.model_present for t in pareto)
+
+
+def test_all_four_files_written(run_a: Path) -> None:
+    html_path = write_report([run_a])
+    assert html_path == run_a / "report.html"
+    for name in REPORT_FILES:
+        assert (run_a / name).stat().st_size > 0, name
+    assert (run_a / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = html_path.read_text()
+    assert "<script src=" not in page and "<link" not in page  # self-contained: opens offline
+    assert "Plotly.newPlot" in page and "0.425" in page
+    md = (run_a / "report.md").read_text()
+    assert "## Best validation accuracy at ≤ B ReLUs" in md and "**90.00% ★" in md
+    assert "the stem ReLU is counted" in md and "| seed | 7 |" in md
+    rows = list(csv.DictReader((run_a / "trials.csv").open()))
+    assert len(rows) == len(STUDY_A)
+    assert rows[7]["state"] == "FAIL" and rows[7]["fail_reason"] == "loss became NaN"
+    assert rows[6]["feasible"] == "False" and rows[6]["values_relus"] == "8000.0"
+    assert rows[0]["params_snl/lam"] == repr(1e-5) and rows[0]["on_front"] == "True"
+    assert json.loads(rows[0]["user_attrs_options"])["finetune_epochs"] == 2
+    assert rows[8]["state"] == "PRUNED" and rows[8]["user_attrs_infeasible_reason"].startswith("plan has 7,000")
+    assert "| snl/epochs=1, snl/lam=1e-05 | epochs=1, finetune_epochs=2, lam=1e-05 |" in md
+    assert not [p for p in run_a.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_merged_report_holds_both_runs(run_a: Path, run_b: Path) -> None:
+    write_report([run_a, run_b])
+    report = make_report([run_a, run_b])
+    assert [s.name for s in report.series] == ["snl", "deepreduce", "cryptonas"]
+    assert fronts(report)["cryptonas"] == [(400, 0.86), (3000, 0.93)]
+    assert {t.run for t in report.trials} == {"run-a", "run-b"}
+    ladder = {row.relus: row for row in report.relu_ladder.rows}
+    assert ladder[500].winners == ("cryptonas",) and ladder[BUDGET].winners == ("cryptonas",)
+    md = (run_a / "report.md").read_text()
+    assert "Run run-a" in md and "Run run-b" in md and "study-b" in md
+    assert not (run_b / "report.md").exists()  # written into the first run directory only
+    assert len(list(csv.DictReader((run_a / "trials.csv").open()))) == len(STUDY_A) + len(STUDY_B)
+
+
+def test_same_strategy_in_two_runs_stays_apart(tmp_path: Path) -> None:
+    first = make_run(tmp_path / "seed0", STUDY_B, ["cryptonas"], "s0")
+    second = make_run(tmp_path / "seed1", STUDY_B[:1], ["cryptonas"], "s1")
+    report = make_report([first, second])
+    assert [s.name for s in report.series] == ["cryptonas [seed0]", "cryptonas [seed1]"]
+
+
+@pytest.mark.parametrize("trials", [[], [("snl", None, None, True, TrialState.FAIL)]], ids=["empty", "only-failed"])
+def test_zero_finished_trials_says_so(tmp_path: Path, trials: list) -> None:
+    run = make_run(tmp_path / "run", trials, ["snl"], "empty")
+    write_report([run])
+    assert make_report([run]).finished == 0
+    for name in ("report.md", "report.html"):
+        assert "No finished trials yet" in (run / name).read_text()
+    assert (run / "pareto.png").stat().st_size > 0
+
+
+def test_published_points_shown_when_the_dataset_matches(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "cifar", STUDY_B, ["cryptonas"], "c", dataset="cifar10", model="resnet18", full=557_056,
+                   budget=None)
+    report = make_report([run])
+    assert report.published and {p.dataset for p in report.published} == {"cifar10"}
+    snl = [p for p in report.published if p.method == "SNL" and p.relus == 12_900]
+    assert len(snl) == 1 and snl[0].accuracy == pytest.approx(0.8823) and snl[0].source.startswith("SNL paper")
+    assert {row.relus for row in report.relu_ladder.rows} == {int(f * 557_056) for f in (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)}
+    write_report([run])
+    md = (run / "report.md").read_text()
+    assert "## Published reference points" in md and "88.23%" in md and "later methods as tabulated by ReLUPruner" in md
+    assert "| ReLU budget | none |" in md
+
+
+def test_trials_above_the_full_count_widen_the_reference(tmp_path: Path) -> None:
+    """CryptoNAS builds its own networks: without a budget a trial may have more ReLUs than the base model."""
+    trials = [("cryptonas", 400, 0.86, True, TrialState.COMPLETE), ("cryptonas", 20_000, 0.95, True, TrialState.COMPLETE)]
+    report = make_report([make_run(tmp_path / "big", trials, ["cryptonas"], "big", budget=None)])
+    assert fronts(report) == {"cryptonas": [(400, 0.86), (20_000, 0.95)]}
+    x = math.log10(400) / math.log10(20_000)  # N = 20,000; the 20,000-ReLU trial sits at x = 1 and adds nothing
+    assert report.series[0].hypervolume == pytest.approx((1 - x) * (1 - 0.14))
+    top = report.relu_ladder.rows[-1]
+    assert top.relus == 20_000 and top.cells["cryptonas"].relus == 20_000
+    assert "N = 20,000" in report.hypervolume_note
+
+
+def test_interrupted_and_rerun_trials_are_not_failures(tmp_path: Path) -> None:
+    trials = [("snl", None, None, True, TrialState.FAIL), ("snl", 500, 0.9, True, TrialState.COMPLETE),
+              ("snl", None, None, True, TrialState.FAIL)]
+    run = make_run(tmp_path / "resumed", trials, ["snl"], "resumed", more_attrs={1: {"rerun_of": 0}})
+    (snl,) = make_report([run]).series
+    assert (snl.trials, snl.finished, snl.failed, snl.rerun) == (3, 1, 1, 1)
+
+
+def test_moved_run_directory_still_reports(tmp_path: Path, run_a: Path) -> None:
+    moved = tmp_path / "elsewhere"
+    shutil.move(run_a, moved)  # run.json still names the old study.db path
+    report = make_report([moved])
+    assert report.finished == 7 and all(t.model_present for t in report.pareto_trials)
+
+
+def test_damaged_settings_and_foreign_database_fail_clearly(tmp_path: Path) -> None:
+    bad_json = make_run(tmp_path / "bad-json", STUDY_B, ["cryptonas"], "j")
+    (bad_json / "run.json").write_text("{ not json")
+    with pytest.raises(SearchError, match="run.json is damaged"):
+        make_report([bad_json])
+    foreign = make_run(tmp_path / "foreign", STUDY_B, ["cryptonas"], "f")
+    (foreign / "study.db").unlink()
+    with sqlite3.connect(foreign / "study.db") as db:
+        db.execute("create table notes (text)")
+    with pytest.raises(SearchError, match="cannot read the study storage"):
+        make_report([foreign])
+    with sqlite3.connect(foreign / "study.db") as db:  # nothing was added to someone else's database
+        assert [r[0] for r in db.execute("select name from sqlite_master")] == ["notes"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.report", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_writes_report(run_a: Path) -> None:
+    result = cli(str(run_a))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(run_a / name) for name in REPORT_FILES]
+
+
+def test_cli_bad_inputs_one_line_exit_2_nothing_lost(tmp_path: Path, run_a: Path) -> None:
+    write_report([run_a])
+    before = {name: (run_a / name).read_bytes() for name in REPORT_FILES}
+    not_run = tmp_path / "plain"
+    not_run.mkdir()
+    damaged = make_run(tmp_path / "damaged", STUDY_B, ["cryptonas"], "d")
+    (damaged / "study.db").write_bytes(b"this is not a database" * 10)
+    (damaged / "report.md").write_text("the previous report")
+    wrong_name = make_run(tmp_path / "renamed", STUDY_B, ["cryptonas"], "r")
+    settings = json.loads((wrong_name / "run.json").read_text())
+    (wrong_name / "run.json").write_text(json.dumps(settings | {"study_name": "gone"}))
+    cases = {
+        str(tmp_path / "missing"): "does not exist",
+        str(not_run): "is not a run directory",
+        str(damaged): "is damaged",
+        str(wrong_name): "'gone'",
+    }
+    # Each bad run directory alone, and the damaged one behind a good one (whose report must survive).
+    for argv, expected in [([arg], text) for arg, text in cases.items()] + [([str(run_a), str(damaged)], "is damaged")]:
+        result = cli(*argv)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (argv, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (argv, lines)
+    assert (damaged / "report.md").read_text() == "the previous report"
+    assert (damaged / "study.db").read_bytes() == b"this is not a database" * 10
+    assert not (not_run / "study.db").exists() and not (tmp_path / "missing").exists()
+    assert {name: (run_a / name).read_bytes() for name in REPORT_FILES} == before
+    result = cli()
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def test_html_plot_renders_one_trace_per_strategy_in_chromium(run_a: Path, run_b: Path) -> None:
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs it with apt-get where it can)")
+    page = write_report([run_a, run_b])
+    with tempfile.TemporaryDirectory() as profile:
+        result = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=180,
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", result.stdout)
+    assert body, result.stdout[:500]
+    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body.group(1)))
+    assert attrs.get("data-plot-ready") == "1", attrs
+    assert json.loads(attrs["data-front-names"].replace("&quot;", '"')) == ["snl", "deepreduce", "cryptonas"]
+    assert attrs["data-front-traces"] == "3"
+    # Fronts of 3 strategies + dominated trials of snl + the over-budget deepreduce trial, all drawn in the SVG.
+    assert attrs["data-rendered-traces"] == "5"
+    legend = re.findall(r'class="legendtext"[^>]*>([^<]+)<', result.stdout)
+    assert legend == ["snl", "deepreduce", "cryptonas"]
