@@ -1,0 +1,222 @@
+"""CryptoNAS (Ghodsi et al., NeurIPS 2020): pick a ReLU-balanced CNet that fits the budget, train it.
+
+CryptoNAS does not mask a given network: it builds its own from the ``cnet`` model space
+(:mod:`search.spaces.cnet`), where ReLU pruning/shuffling and ReLU balancing are options. The run's
+base model (``ctx.model_name``) is used only as the distillation teacher, and only when
+``kd_weight`` > 0 (the default, 0, trains from labels alone, as the paper does).
+
+Choosing the network: options the user sets are kept; with a ReLU target (``target``, else the run's
+budget) and no width, the width is the largest that fits; with no depth either, the depth is the
+multiple of 3 whose fitting width is closest to the CNet family's proportion width/depth = 7/3
+((6,14), (12,28), (24,56)), which reproduces those CNets at their own counts; with a width but no
+depth, the depth is the deepest multiple of 3 that fits. With no target at all, unset depth and width
+are CNet (6,14)'s. The count is taken from the built plan with ``relu_count`` before any training; a
+candidate over the budget is rejected with a SearchError (nothing is trained; a study checks
+:meth:`CryptoNAS.plan` first and records the trial as infeasible).
+
+In a study, :meth:`CryptoNAS.suggest` searches the ENAS-style macro space define-by-run: depth
+``cryptonas/layers`` (3..12, step 3), per-layer ops ``cryptonas/op_<i>`` and one optional skip into
+each layer ``cryptonas/skip_<i>`` (a fixed set of choices per name), and, with a budget, the share of
+it to fill ``cryptonas/fill`` (without one, the width ``cryptonas/width``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from search.errors import SearchError
+from search.relu import relu_count
+from search.spaces import build_model
+from search.spaces.cnet import CNet, Op, OPS, format_skips, parse_skips
+from search.strategies.base import Context, Outcome, Strategy
+from search.train import fit, teacher_config
+
+if TYPE_CHECKING:
+    import optuna
+
+CNET_RATIO = 7 / 3  # width / depth of the published CNets
+DEFAULT_LAYERS, DEFAULT_WIDTH = 6, 14  # CNet (6,14), used when neither a width nor a ReLU target is given
+SEARCH_MAX_LAYERS = 12
+SEARCH_WIDTHS = (4, 64)
+SEARCH_MIN_FILL = 0.25
+EPOCHS = {"digits": 10}  # per-dataset default epochs; other datasets use their full-ReLU recipe's
+
+
+@dataclass(frozen=True)
+class CryptoNASOptions:
+    """``--set`` options of strategy cryptonas (prefix ``strategy.`` where the model shares a key)."""
+
+    layers: int | None = None  # depth; None: chosen from the ReLU target (or 6, or one per op given)
+    width: int | None = None  # first-stage channels; None: the largest that fits the ReLU target (or 14)
+    ops: tuple[Op, ...] = ()  # per-layer ops; none: all conv3x3; one: every layer
+    skips: tuple[str, ...] = ()  # FROM-TO pairs, e.g. 0-2,1-3 (needs a known depth)
+    balance: bool = True  # ReLU balancing: channels x4 at each downsampling (x2 when off)
+    relu_per_layer: bool = True  # ReLU pruning/shuffling: one ReLU per layer, none on skips
+    target: int | None = None  # ReLU count to fill when the width is free; None: the run's budget
+    epochs: int | None = None  # None: 10 on digits, else the dataset's full-ReLU recipe (cifar10 30, ...)
+    lr: float = 0.05
+    kd_weight: float = 0.0  # > 0 distils from the run's base model (the cached teacher)
+
+    def __post_init__(self) -> None:
+        for key, low in (("layers", 3), ("width", 1), ("target", 1), ("epochs", 1)):
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise SearchError(f"bad value {value} for {key}: expected an integer >= {low}")
+        if self.lr <= 0:
+            raise SearchError(f"bad value {self.lr} for lr: expected a number > 0")
+        if self.kd_weight < 0:
+            raise SearchError(f"bad value {self.kd_weight} for kd_weight: expected a number >= 0")
+        if self.layers is not None and len(self.ops) > 1 and len(self.ops) != self.layers:
+            raise SearchError(
+                f"bad value for ops: {len(self.ops)} ops given for layers={self.layers}; give one per layer or one for all"
+            )
+        if self.skips:
+            if self.depth is None:
+                raise SearchError("skips need a known depth: set layers (or one op per layer) as well")
+            parse_skips(self.skips, self.depth)
+
+    @property
+    def depth(self) -> int | None:
+        """The depth the user fixed, directly or by giving one op per layer."""
+        return self.layers if self.layers is not None else (len(self.ops) if len(self.ops) > 1 else None)
+
+
+def _build(arch: Mapping[str, Any], input_size: tuple[int, int, int], num_classes: int = 10) -> CNet:
+    return build_model("cnet", num_classes=num_classes, input_size=input_size, **arch)  # type: ignore[return-value]
+
+
+def _unit_count(arch: Mapping[str, Any], layers: int, input_size: tuple[int, int, int]) -> int:
+    """ReLUs of the network at width 1; every site's count is linear in the width."""
+    return relu_count(_build({**arch, "layers": layers, "width": 1}, input_size), input_size)
+
+
+def _pick_depth(arch: Mapping[str, Any], target: int, input_size: tuple[int, int, int]) -> int:
+    """The multiple of 3 whose widest fitting network is nearest (in log) to width/depth = 7/3."""
+    best, best_gap, layers = 3, math.inf, 3
+    while True:
+        unit = _unit_count(arch, layers, input_size)
+        if unit > target:
+            return best
+        ratio = (target // unit) / layers
+        gap = abs(math.log(ratio / CNET_RATIO))
+        if gap < best_gap:
+            best, best_gap = layers, gap
+        if ratio < CNET_RATIO:
+            return best
+        layers += 3
+
+
+def _deepest(arch: Mapping[str, Any], width: int, target: int, input_size: tuple[int, int, int]) -> int:
+    """The deepest multiple of 3 whose network at ``width`` fits ``target`` (3 when none does)."""
+    layers = 3
+    while width * _unit_count(arch, layers + 3, input_size) <= target:
+        layers += 3
+    return layers
+
+
+def candidate(
+    options: CryptoNASOptions, input_size: tuple[int, int, int], budget: int | None, num_classes: int = 10
+) -> tuple[dict[str, Any], CNet]:
+    """The full ``cnet`` options of the candidate ``options`` describe, and that network untrained.
+
+    When even width 1 exceeds the target, width 1 is returned and the budget check rejects it.
+    """
+    arch: dict[str, Any] = {
+        "ops": options.ops,
+        "skips": options.skips,
+        "balance": options.balance,
+        "relu_per_layer": options.relu_per_layer,
+    }
+    target = options.target if options.target is not None else budget
+    layers, width = options.depth, options.width
+    if target is None:
+        layers, width = layers or DEFAULT_LAYERS, width or DEFAULT_WIDTH
+    elif width is None:
+        layers = layers or _pick_depth(arch, target, input_size)
+        width = max(1, target // _unit_count(arch, layers, input_size))
+    elif layers is None:
+        layers = _deepest(arch, width, target, input_size)
+    model = _build({**arch, "layers": layers, "width": width}, input_size, num_classes)
+    return {**arch, "layers": layers, "width": width, "ops": model.ops, "skips": format_skips(model.skip_table)}, model
+
+
+class CryptoNAS(Strategy):
+    """ReLU-balanced, one-ReLU-per-layer CNets sized to a ReLU budget (see the module docstring)."""
+
+    name = "cryptonas"
+    Options = CryptoNASOptions
+    summary = (
+        "CryptoNAS (Ghodsi et al. 2020): build a ReLU-balanced CNet (model cnet: one ReLU per layer, channels x4 at "
+        "each downsampling) that fits the budget and train it from scratch; kd_weight > 0 distils from --model. "
+        "Unset layers/width give the widest CNet under the budget (or target); skips are FROM-TO pairs such as "
+        "0-2,1-3 (0 is the stem); write strategy.width where the model also has a width."
+    )
+
+    def suggest(self, trial: optuna.Trial, budget: int | None) -> dict[str, Any]:
+        layers = trial.suggest_int("cryptonas/layers", 3, SEARCH_MAX_LAYERS, step=3)
+        ops = tuple(trial.suggest_categorical(f"cryptonas/op_{i}", OPS) for i in range(1, layers + 1))
+        skips = []
+        for i in range(1, layers + 1):
+            source = trial.suggest_categorical(f"cryptonas/skip_{i}", ("none", *map(str, range(i))))
+            if source != "none":
+                skips.append(f"{source}-{i}")
+        chosen: dict[str, Any] = {"layers": layers, "ops": ops, "skips": tuple(skips)}
+        if budget is None:
+            chosen["width"] = trial.suggest_int("cryptonas/width", *SEARCH_WIDTHS, log=True)
+        else:
+            fill = trial.suggest_float("cryptonas/fill", SEARCH_MIN_FILL, 1.0)
+            chosen["target"] = max(1, int(fill * budget))
+        return chosen
+
+    def plan(
+        self,
+        model_name: str,
+        model_options: Mapping[str, Any],
+        input_size: tuple[int, int, int],
+        num_classes: int,
+        options: CryptoNASOptions,
+    ) -> nn.Module:
+        """The CNet ``options`` describe, untrained (the base model is not used). With no width and no
+        ``target`` it is CNet (6,14): a plan does not see the run's budget."""
+        return candidate(options, input_size, None, num_classes)[1]
+
+    def run(self, ctx: Context, options: CryptoNASOptions) -> Outcome:
+        info = ctx.data.info
+        arch, model = candidate(options, info.input_shape, ctx.budget, info.num_classes)
+        relus = relu_count(model, info.input_shape)
+        ctx.log(f"{model.describe()}\n  {relus:,} ReLUs (budget {f'{ctx.budget:,}' if ctx.budget else 'none'})")
+        if ctx.budget is not None and relus > ctx.budget:
+            raise SearchError(
+                f"cryptonas candidate cnet layers={arch['layers']} width={arch['width']} has {relus:,} ReLUs, "
+                f"over the budget of {ctx.budget:,}; rejected before training (lower layers or width, or raise the budget)"
+            )
+        recipe = teacher_config(info.name)
+        config = replace(
+            recipe,
+            epochs=options.epochs or EPOCHS.get(info.name, recipe.epochs),
+            lr=options.lr,
+            kd_weight=options.kd_weight,
+            augment=info.augment,
+            seed=ctx.seed,
+        )
+        teacher = ctx.teacher() if options.kd_weight > 0 else None
+        result = fit(model, ctx.data, config, ctx.device, teacher=teacher, log=ctx.log, label="cryptonas")
+        return Outcome(
+            model=model,
+            model_name="cnet",
+            model_options=arch,
+            relus=relus,
+            val_acc=result.best_val_acc,
+            details={
+                "architecture": model.describe(),
+                "epochs": config.epochs,
+                "best_epoch": result.best_epoch,
+                "kd_weight": options.kd_weight,
+                "teacher": ctx.model_name if teacher is not None else None,
+            },
+        )
