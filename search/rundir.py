@@ -6,12 +6,25 @@ Layout::
       run.json          RunSettings: what was asked for, versions, the study's name and storage
       study.db          Optuna storage (SQLite) unless --storage points elsewhere
       trials/<n>/model.pt   the linearized model of trial n (search.checkpoint format)
+      trials/<n>/log.txt    what trial n printed (training lines, a failure's traceback)
+      tune/             Ray Tune's own experiment state (not needed to resume or report)
       report.html report.md pareto.png trials.csv   written by search.report
 
 Each finished Optuna trial carries these user attributes (``TRIAL_ATTRS``): ``strategy``,
 ``relus``, ``val_acc``, ``test_acc``, ``latency_s``, ``communication_mb``, ``seconds``,
 ``model_path`` (relative to the run directory), ``feasible`` (within the budget), and, for a failed
 trial, ``fail_reason``. Trial values follow ``RunSettings.objectives`` in order.
+
+Also recorded: ``options`` (the strategy options the trial used, sampled and fixed), ``node_ip`` (the
+Ray node it ran on), ``infeasible_reason`` for a PRUNED trial whose plan was over the budget (it
+never trained and is never on the Pareto front; its ``relus`` is the plan's count), and ``rerun_of``
+on a trial rerunning one that a killed run interrupted (that one is FAIL with ``fail_reason``
+``interrupted ...``). With a budget, every recorded trial carries the Optuna constraint
+``relus_over_budget`` = relus - budget (feasible when <= 0).
+
+Trial parameters: ``strategy`` (when the study has several), ``relu_target`` (the ReLU count that
+budget-driven strategies such as SNL train to in that trial; at most the budget, or the full count)
+and each strategy's own ``<strategy>/<option>``.
 """
 
 from __future__ import annotations
@@ -39,6 +52,10 @@ TRIAL_ATTRS = (
     "model_path",
     "feasible",
     "fail_reason",
+    "options",
+    "node_ip",
+    "infeasible_reason",
+    "rerun_of",
 )
 
 
@@ -73,6 +90,29 @@ def storage_url(run_dir: str | os.PathLike[str]) -> str:
 
 def trial_model_path(run_dir: str | os.PathLike[str], number: int) -> Path:
     return Path(run_dir) / TRIALS_DIR / str(number) / "model.pt"
+
+
+def check_new_run_dir(run_dir: str | os.PathLike[str]) -> None:
+    """Create ``run_dir`` for a new run, or say in one line why it cannot be one (it holds a run
+    already, or cannot be written)."""
+    path = Path(run_dir)
+    if path.exists() and (not path.is_dir() or (path / SETTINGS_FILE).exists()):
+        raise SearchError(f"run directory {run_dir} already exists; pass --resume to continue it, or choose another --run-dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SearchError(f"cannot create run directory {run_dir}: {err.strerror or err}") from None
+    check_writable(path)
+
+
+def check_writable(run_dir: str | os.PathLike[str]) -> None:
+    """A SearchError unless files can be written in ``run_dir``."""
+    probe = Path(run_dir) / ".write-test"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise SearchError(f"cannot write in run directory {run_dir}: {err.strerror or err}") from None
 
 
 def write_settings(run_dir: str | os.PathLike[str], settings: RunSettings) -> None:

@@ -1,0 +1,120 @@
+"""Joining a Ray cluster or starting a local one for a study, quietly and with clear errors.
+
+An unreachable ``--address`` is checked with a plain TCP connection first (a few seconds), because
+``ray.init`` would otherwise retry for a long time before failing with a traceback. A GPU request on
+a cluster without GPUs would leave every trial pending forever, so it is dropped with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from search.errors import SearchError
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per-trial resources after checking them against the cluster."""
+
+    cpus: float
+    gpus: float
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """``host:port`` -> (host, port); ``auto`` -> None; anything else is a SearchError."""
+    if address == "auto":
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SearchError(f"bad --address {address!r}: expected auto or host:port of a Ray head node, e.g. 10.0.0.5:6379")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str) -> None:
+    """Fail fast, in one line, when nothing listens at ``address``."""
+    target = parse_address(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise SearchError(
+            f"cannot reach a Ray cluster at {address}: {err.strerror or err}; start one with `ray start --head` "
+            "and pass the address it prints, use --address auto on a cluster node, or omit --address to run locally"
+        ) from None
+
+
+def quiet(verbose: bool) -> None:
+    """Keep Ray's and Optuna's chatter out of the study's output unless ``verbose``."""
+    import optuna
+
+    level = logging.INFO if verbose else logging.WARNING
+    optuna.logging.set_verbosity(level)
+    if not verbose:
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter prints nothing at verbose=0
+        for name in ("ray", "ray.tune", "ray.train", "ray.data", "optuna"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"ray(\..*)?")
+        warnings.filterwarnings("ignore", module=r"optuna(\..*)?")
+
+
+def connect(address: str | None, verbose: bool) -> bool:
+    """Join the cluster at ``address`` (checked with :func:`check_reachable` first), or start a local
+    Ray; True when this run started Ray."""
+    import ray
+
+    level = logging.INFO if verbose else logging.ERROR
+    try:
+        ray.init(
+            address=address or "local",  # "local": never join a cluster that `ray start` left on this machine
+            include_dashboard=False if not address else None,
+            logging_level=level,
+            log_to_driver=verbose,
+            configure_logging=True,
+        )
+    except ConnectionError as err:
+        raise SearchError(f"cannot join a Ray cluster at --address {address}: {str(err).splitlines()[0]}") from None
+    except ray.exceptions.AuthenticationError:
+        raise SearchError(
+            f"the Ray cluster at --address {address} uses token authentication: set RAY_AUTH_MODE=token and make "
+            "the cluster's token available (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)"
+        ) from None
+    if not verbose:
+        for name in ("ray", "ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    return not address
+
+
+def disconnect() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def fit_resources(cpus: float, gpus: float | None, warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Resources:
+    """The per-trial request, with GPUs dropped (and a warning) where the cluster has none;
+    ``gpus`` None means one GPU per trial where the cluster has GPUs, else none."""
+    import ray
+
+    available = ray.cluster_resources()
+    if gpus is None:
+        gpus = 1.0 if available.get("GPU", 0) >= 1 else 0.0
+    if cpus <= 0 or gpus < 0:
+        raise SearchError(f"bad per-trial resources cpus={cpus} gpus={gpus}: expected cpus > 0 and gpus >= 0")
+    if cpus > available.get("CPU", 0):
+        raise SearchError(f"--cpus-per-trial {cpus} is more than the cluster's {available.get('CPU', 0):g} CPUs")
+    if gpus > 0 and available.get("GPU", 0) == 0:
+        warn(f"warning: the Ray cluster has no GPU; ignoring --gpus-per-trial {gpus:g} (trials run on CPU)")
+        gpus = 0.0
+    return Resources(cpus, gpus)

@@ -1,0 +1,324 @@
+"""``python -m search.run``: the study from the command line.
+
+One multi-objective Optuna study (maximize validation accuracy, minimize ReLUs, optionally PI latency
+and communication) over one strategy, several, or all, run by Ray Tune on this machine or a cluster.
+Everything lands in a run directory (see :mod:`search.rundir`); ``--resume`` continues a killed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from search import cluster, rundir
+from search.cli import ArgumentParser, run_main
+from search.data import dataset_info
+from search.errors import SearchError
+from search.objectives import COST_PRESETS, Objective, cost_model, objectives
+from search.pipeline import full_relu_count
+from search.relu import relu_table
+from search.settings import parse_budget, split_settings
+from search.spaces import build_model
+from search.strategies import Strategy, get_strategy, list_strategies
+from search.studydb import SAMPLERS, make_sampler, open_storage, pareto_trials
+from search.trial import TrialSpec
+
+DEFAULTS: dict[str, Any] = {
+    "strategy": "snl",
+    "dataset": "digits",
+    "trials": 6,
+    "objectives": "",
+    "cost_model": "delphi",
+    "sampler": "tpe",
+    "seed": 0,
+}
+# Options that define what a study computes: on --resume they must be omitted or match run.json.
+STUDY_OPTIONS = ("strategy", "dataset", "model", "sets", "budget", "objectives", "cost_model", "sampler", "seed", "teacher_epochs")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m search.run",
+        description="Search for the most accurate network with the fewest ReLUs: one multi-objective Optuna study "
+        "over the chosen ReLU-reduction strategies, run by Ray Tune locally or on a Ray cluster. "
+        "Prints a line per finished trial and the Pareto-optimal trials; writes everything to a run directory.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  python -m search.run --strategy snl                      # digits, resnet_tiny, a few minutes on a laptop\n"
+        "  python -m search.run --strategy all --dataset cifar10 --data-dir ../shared/data/cifar10 --trials 40 --budget 50000\n"
+        "  python -m search.run --resume --run-dir runs/20260101-120000   # continue a killed run\n"
+        "  python -m search.run --strategy all --address auto       # on a node of a running Ray cluster",
+    )
+    study = parser.add_argument_group("what to search")
+    study.add_argument("--strategy", help=f"a strategy, a comma list of them, or all (= every installed one: "
+                       f"{', '.join(list_strategies()) or 'none installed'}); a plug-in may be given as module:Class "
+                       f"(default {DEFAULTS['strategy']})")
+    study.add_argument("--dataset", help=f"digits (embedded), cifar10, cifar100, tinyimagenet (default {DEFAULTS['dataset']})")
+    study.add_argument("--data-dir", help="folder holding the dataset, on every node (default: $SEARCH_DATA_DIR or ./data)")
+    study.add_argument("--model", help="model name (default: the dataset's default model, resnet_tiny for digits)")
+    study.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
+                       help="a model option, or a fixed strategy option as STRATEGY.KEY=VALUE (a bare KEY when there is one "
+                       "strategy); fixed options override sampled ones (repeatable)")
+    study.add_argument("--budget", help="ReLU budget: a count or a percentage of the model's ReLUs (e.g. 10%%); trials over it "
+                       "are infeasible and never on the Pareto front (default: none)")
+    study.add_argument("--trials", type=int, help=f"number of finished trials the study should have (default {DEFAULTS['trials']})")
+    study.add_argument("--objectives", help="extra objectives to minimize besides accuracy and ReLUs, comma-separated: "
+                       "latency, communication (estimated online PI cost)")
+    study.add_argument("--cost-model", help=f"per-ReLU PI cost for latency/communication: {', '.join(COST_PRESETS)}, or "
+                       f"us=<microseconds>,bytes=<bytes> (default {DEFAULTS['cost_model']})")
+    study.add_argument("--sampler", help=f"Optuna sampler: {', '.join(SAMPLERS)} (default {DEFAULTS['sampler']})")
+    study.add_argument("--seed", type=int, help=f"seed of the sampler and of trial training (default {DEFAULTS['seed']})")
+    study.add_argument("--teacher-epochs", type=int, help="epochs for the cached full-ReLU teacher (default per dataset)")
+    where = parser.add_argument_group("where to run and store")
+    where.add_argument("--run-dir", help="run directory (default runs/<date>-<time>); must not exist unless --resume")
+    where.add_argument("--resume", action="store_true", help="continue the run in --run-dir: finished trials are kept, "
+                       "interrupted ones rerun, until the study has --trials finished trials")
+    where.add_argument("--storage", help="Optuna storage URL instead of RUN_DIR/study.db (e.g. postgresql://user@host/db, "
+                       "or journal:PATH); optuna-dashboard <storage> shows the study live")
+    where.add_argument("--cache-dir", help="teacher cache shared by the trials (default: $SEARCH_CACHE_DIR or ~/.cache/search)")
+    where.add_argument("--address", help="join a running Ray cluster: auto (on a cluster node) or HOST:PORT of the head; "
+                       "default: start a local Ray for this run")
+    where.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial (default 1)")
+    where.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 where the cluster "
+                       "has GPUs, else 0; dropped with a warning on a cluster without GPUs)")
+    where.add_argument("--concurrency", type=int, help="trials running at once (default: cluster CPUs / --cpus-per-trial)")
+    where.add_argument("--device", default="auto", help="device inside a trial: auto (CUDA when the trial has a GPU), cpu, cuda")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Ray's and Optuna's own logs and the trials' output")
+    return parser
+
+
+def resolve_strategies(text: str) -> dict[str, Strategy]:
+    """``snl``, ``snl,deepreduce``, ``all`` or import paths -> name as given -> Strategy."""
+    names = list_strategies() if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise SearchError("--strategy all found no installed strategy" if text == "all" else "--strategy is empty")
+    return {name: get_strategy(name) for name in dict.fromkeys(names)}
+
+
+def split_fixed(sets: list[str], model_name: str, strategies: dict[str, Strategy]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(typed model options, fixed strategy options per strategy) from ``--set`` pairs."""
+    model_pairs: list[str] = []
+    fixed: dict[str, list[str]] = {name: [] for name in strategies}
+    by_short = {s.name: name for name, s in strategies.items()}
+    for pair in sets:
+        key = pair.partition("=")[0].strip()
+        owner, dot, rest = key.partition(".")
+        target = owner if owner in strategies else by_short.get(owner)
+        if dot and target:
+            fixed[target].append(pair.split(".", 1)[1])
+        else:  # a model option, or (with one strategy) a bare strategy option: split_settings routes it
+            model_pairs.append(pair)
+    if len(strategies) == 1:
+        (name, strategy), = strategies.items()
+        model_options, raw = split_settings(model_pairs + fixed[name], model_name, strategy)
+        typed = {name: {k: v for k, v in asdict(strategy.parse_options(raw)).items() if k in raw}}
+        return model_options, typed
+    model_options, _ = split_settings(model_pairs, model_name, None)
+    typed = {}
+    for name, pairs in fixed.items():
+        _, raw = split_settings([f"strategy.{p}" for p in pairs], model_name, strategies[name])
+        typed[name] = {k: v for k, v in asdict(strategies[name].parse_options(raw)).items() if k in raw}
+    return model_options, typed
+
+
+def new_settings(args: argparse.Namespace, run_dir: Path, storage: str) -> rundir.RunSettings:
+    """RunSettings of a new run from the command line (defaults filled in), validated."""
+    values = {k: (getattr(args, k) if getattr(args, k) is not None else DEFAULTS.get(k)) for k in STUDY_OPTIONS}
+    strategies = resolve_strategies(values["strategy"])
+    info = dataset_info(values["dataset"])
+    model_name = values["model"] or info.default_model
+    model_options, fixed = split_fixed(values["sets"] or [], model_name, strategies)
+    full = full_relu_count(model_name, model_options, info.name)
+    chosen = objectives([n.strip() for n in values["objectives"].split(",") if n.strip()], cost_model(values["cost_model"]))
+    make_sampler(values["sampler"], 0)
+    trials = args.trials if args.trials is not None else DEFAULTS["trials"]
+    if trials < 1:
+        raise SearchError(f"bad value {trials} for --trials: expected an integer >= 1")
+    if values["teacher_epochs"] is not None and values["teacher_epochs"] < 1:
+        raise SearchError(f"bad value {values['teacher_epochs']} for --teacher-epochs: expected an integer >= 1")
+    model = build_model(model_name, num_classes=info.num_classes, input_size=info.input_shape, **model_options)
+    return rundir.RunSettings(
+        study_name=f"{run_dir.name}-{uuid.uuid4().hex[:8]}",
+        storage=storage,
+        strategies=list(strategies),
+        dataset=info.name,
+        model=model_name,
+        model_options=model_options,
+        objectives=[o.name for o in chosen],
+        directions=[o.direction for o in chosen],
+        budget=parse_budget(values["budget"], full),
+        full_relus=full,
+        stem_relu=any(row.stage == "stem" for row in relu_table(model, info.input_shape)),
+        cost_model=values["cost_model"],
+        sampler=values["sampler"],
+        seed=values["seed"],
+        trials=trials,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        versions=_versions(),
+        extra={"fixed_options": fixed, "teacher_epochs": values["teacher_epochs"], "argv": sys.argv[1:]},
+    )
+
+
+def check_resume(args: argparse.Namespace, settings: rundir.RunSettings) -> rundir.RunSettings:
+    """The stored settings, after checking that the options given on the command line agree."""
+    given_objectives = [n.strip() for n in (args.objectives or "").split(",") if n.strip()]
+    if args.objectives is not None:
+        wanted = [o.name for o in objectives(given_objectives, cost_model(args.cost_model or settings.cost_model))]
+        if wanted != settings.objectives:
+            raise SearchError(
+                f"--resume: the run in {args.run_dir} has objectives {','.join(settings.objectives)}, "
+                f"not {','.join(wanted)}; resume without --objectives or start a new run"
+            )
+    stored = {
+        "strategy": ",".join(settings.strategies), "dataset": settings.dataset, "model": settings.model,
+        "budget": settings.budget, "cost_model": settings.cost_model, "sampler": settings.sampler, "seed": settings.seed,
+        "teacher_epochs": settings.extra.get("teacher_epochs"),
+    }
+    for key, value in stored.items():
+        given = getattr(args, key)
+        if given is not None and str(given) != str(value) and not (key == "strategy" and given == "all"):
+            raise SearchError(f"--resume: the run in {args.run_dir} was made with --{key.replace('_', '-')} {value}, not {given}; "
+                              "omit it to resume, or start a new run")
+    if args.sets:
+        raise SearchError("--resume takes the --set options of the run (see its run.json); omit --set")
+    if args.trials is not None:
+        if args.trials < 1:
+            raise SearchError(f"bad value {args.trials} for --trials: expected an integer >= 1")
+        settings.trials = args.trials
+    return settings
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("search", "torch", "ray", "optuna"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "unknown"
+    return found
+
+
+def describe_trial(trial: FrozenTrial, names: Sequence[str]) -> str:
+    """One progress line: number, strategy, options, accuracy, ReLUs (or why it failed)."""
+    attrs = trial.user_attrs
+    strategy = attrs.get("strategy", "?")
+    params = ", ".join(f"{k.split('/', 1)[-1]}={_short(v)}" for k, v in trial.params.items() if k != "strategy") or "-"
+    head = f"trial {trial.number:>3} {strategy:<12} {params}"
+    if trial.state == TrialState.COMPLETE:
+        values = "  ".join(f"{n}={_short(v)}" for n, v in zip(names, trial.values))
+        return f"{head}  {values}  test_acc={_short(attrs.get('test_acc'))}  ({attrs.get('seconds', 0):.1f}s)"
+    if trial.state == TrialState.PRUNED:
+        return f"{head}  INFEASIBLE: {attrs.get('infeasible_reason', '')}"
+    return f"{head}  FAILED: {attrs.get('fail_reason', trial.state.name)}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def pareto_table(front: list[FrozenTrial], chosen: Sequence[Objective]) -> str:
+    """The Pareto-optimal trials as an aligned text table."""
+    headers = ["trial", "strategy", *(f"{o.name} ({o.unit})" for o in chosen), "test_acc", "options"]
+    rows = [
+        [str(t.number), str(t.user_attrs.get("strategy", "?")), *(_short(v) for v in t.values),
+         _short(t.user_attrs.get("test_acc")), json.dumps(t.user_attrs.get("options", {}), sort_keys=True)]
+        for t in front
+    ]
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows])
+
+
+def write_report(run_dir: Path) -> None:
+    """The report of ``search.report``, where that module is installed."""
+    try:
+        from search.report import write_report as report
+    except ModuleNotFoundError as err:
+        if err.name != "search.report":
+            raise
+        print(f"no report written: search.report is not available in this install (run python -m search.report {run_dir} later)")
+        return
+    report([run_dir])
+    print(f"report: {run_dir / 'report.html'}")
+
+
+def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, strategies: dict[str, Strategy], chosen: list[Objective]) -> Any:
+    """Announce the study and run it on the connected Ray; returns the Optuna study."""
+    spec = TrialSpec(
+        dataset=settings.dataset, model=settings.model, model_options=settings.model_options, budget=settings.budget,
+        objectives=tuple(settings.objectives), cost_model=settings.cost_model, seed=settings.seed,
+        teacher_epochs=settings.extra.get("teacher_epochs"), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None, device=args.device,
+        fixed_options=settings.extra.get("fixed_options", {}),
+    )
+    budget = f"{settings.budget:,}" if settings.budget else "none"
+    print(f"study {settings.study_name}: {', '.join(settings.strategies)} on {settings.model}/{settings.dataset} "
+          f"({settings.full_relus:,} ReLUs {'with' if settings.stem_relu else 'without'} the stem ReLU, budget {budget}), "
+          f"objectives {', '.join(f'{o.name} ({o.direction})' for o in chosen)}, {settings.trials} trials, sampler {settings.sampler}")
+    print(f"run directory {run_dir}, storage {settings.storage}", flush=True)
+    from search.study import Execution, run_study  # imports Ray: only once the input is known to be good
+
+    execution = Execution(args.cpus_per_trial, args.gpus_per_trial, args.concurrency, args.verbose)
+    return run_study(
+        run_dir, settings.study_name, settings.storage, strategies, chosen, spec, settings.sampler, settings.seed,
+        settings.trials, settings.full_relus, execution, on_recorded=lambda t: print(describe_trial(t, settings.objectives), flush=True),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.concurrency is not None and args.concurrency < 1:
+        raise SearchError(f"bad value {args.concurrency} for --concurrency: expected an integer >= 1")
+    if args.address:
+        cluster.check_reachable(args.address)
+    if args.resume:
+        if not args.run_dir:
+            raise SearchError("--resume needs --run-dir: the run directory to continue")
+        run_dir = Path(args.run_dir)
+        settings = check_resume(args, rundir.read_settings(run_dir))
+        rundir.check_writable(run_dir)
+        if args.storage and args.storage != settings.storage:
+            raise SearchError(f"--resume: the run in {run_dir} stores its study in {settings.storage}, not {args.storage}")
+    else:
+        run_dir = Path(args.run_dir or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+        settings = new_settings(args, run_dir, args.storage or rundir.storage_url(run_dir))
+    strategies = resolve_strategies(",".join(settings.strategies))
+    chosen = objectives(settings.objectives, cost_model(settings.cost_model))
+    if [o.name for o in chosen] != settings.objectives:
+        raise SearchError(f"{run_dir}/{rundir.SETTINGS_FILE} lists objectives {settings.objectives} in an order this version cannot use")
+    if not args.resume:
+        rundir.check_new_run_dir(run_dir)
+    open_storage(settings.storage)
+    cluster.quiet(args.verbose)
+    started = cluster.connect(args.address, args.verbose)
+    try:
+        rundir.write_settings(run_dir, settings)
+        study = _run(args, run_dir, settings, strategies, chosen)
+    finally:
+        if started:
+            cluster.disconnect()
+    front = pareto_trials(study, chosen)
+    counts = {s.name: sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    print(f"\n{counts['COMPLETE']} complete, {counts['PRUNED']} infeasible, {counts['FAIL']} failed; "
+          f"Pareto-optimal trials ({len(front)}):")
+    print(pareto_table(front, chosen) if front else "(none: no trial completed)")
+    write_report(run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

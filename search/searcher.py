@@ -1,0 +1,140 @@
+"""The study's Ray Tune searcher: Ray's OptunaSearch, plus what a trustworthy study needs.
+
+Ray's ``OptunaSearch`` asks Optuna for a trial and tells it the result. On its own it leaves a trial
+RUNNING forever when a value is NaN or missing, knows nothing of why a trial failed, and cannot tell
+a trial which Optuna trial it is. This subclass (checked against Ray 2.60's source):
+
+- passes each trial its Optuna trial number, strategy and options (``config["_trial"]``);
+- records every finished trial itself: COMPLETE with values, PRUNED when the plan was over the ReLU
+  budget (never in the Pareto front), FAIL with ``fail_reason``, and the user attributes of
+  ``search.rundir.TRIAL_ATTRS``; a constraint ``relus - budget`` (Optuna's ``set_constraint``) lets
+  the sampler learn where the budget lies;
+- calls ``on_recorded`` with the stored trial only after storage has it, so a progress line never
+  runs ahead of the storage;
+- does not pickle itself into Tune's experiment checkpoints: the Optuna storage is the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from search.objectives import Objective
+from search.strategies import Strategy
+from search.studydb import INTERRUPTED
+from search.trial import TRIAL_KEY
+
+CRASHED = "the trial's Ray worker died (see the Ray logs of the run)"
+_NUMERIC_ATTRS = ("relus", "val_acc", "test_acc", "latency_s", "communication_mb", "seconds")
+
+
+TARGET_PARAM = "relu_target"
+
+
+def define_space(strategies: dict[str, Strategy], cap: int) -> Callable[[optuna.Trial], dict[str, Any]]:
+    """Define-by-run space: the strategy (a categorical when there are several), a ReLU target, then
+    the strategy's own options.
+
+    The target (``relu_target``, log-uniform between 1% of ``cap`` and ``cap``, the budget or the full
+    count) is what budget-driven strategies aim at in this trial: SNL trains down to it, CryptoNAS
+    sizes its network to it. Without it every SNL trial would land on the same count and the study
+    would have no accuracy-for-ReLUs trade-off to show.
+    """
+
+    def space(trial: optuna.Trial) -> dict[str, Any]:
+        names = list(strategies)
+        name = trial.suggest_categorical("strategy", names) if len(names) > 1 else names[0]
+        trial.set_user_attr("strategy", name)
+        target = trial.suggest_int(TARGET_PARAM, max(1, cap // 100), cap, log=True)
+        decided: dict[str, Any] = {"strategy": name, "options": {}, "number": trial.number, "target": target}
+        try:
+            decided["options"] = strategies[name].suggest(trial, target)
+        except Exception as err:  # a strategy's bug: the trial reports it as its failure
+            decided["error"] = f"{name}.suggest raised {type(err).__name__}: {err}"
+        return {TRIAL_KEY: decided}
+
+    return space
+
+
+class StudySearcher(OptunaSearch):
+    """OptunaSearch that records trials completely and reports each one once it is stored."""
+
+    def __init__(
+        self,
+        space: Callable[[optuna.Trial], dict[str, Any]],
+        objectives: Sequence[Objective],
+        sampler: optuna.samplers.BaseSampler,
+        study_name: str,
+        storage: optuna.storages.BaseStorage,
+        budget: int | None,
+        on_recorded: Callable[[FrozenTrial], None],
+    ) -> None:
+        self._objectives = list(objectives)
+        self._budget = budget
+        self._on_recorded = on_recorded
+        super().__init__(
+            space=space,
+            metric=[o.name for o in objectives],
+            mode=["max" if o.direction == "maximize" else "min" for o in objectives],
+            sampler=sampler,
+            study_name=study_name,
+            storage=storage,
+        )
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        trial = self._ot_trials[trial_id]
+        status = (result or {}).get("status")
+        if status is None:
+            self._fail(trial, CRASHED if error else INTERRUPTED)
+        else:
+            self._record(trial, result)  # type: ignore[arg-type]
+        self._completed_trials.add(trial_id)
+        self._on_recorded(self._ot_study._storage.get_trial(trial._trial_id))
+
+    def _record(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
+        for key in _NUMERIC_ATTRS:
+            value = result.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                trial.set_user_attr(key, int(value) if key == "relus" else float(value))
+        for key in ("model_path", "node_ip"):
+            if result.get(key):
+                trial.set_user_attr(key, result[key])
+        trial.set_user_attr("options", json.loads(result.get("options") or "{}"))
+        trial.set_user_attr("feasible", bool(result.get("feasible")))
+        relus = result.get("relus")
+        if self._budget is not None and isinstance(relus, (int, float)) and math.isfinite(relus):
+            trial.set_constraint("relus_over_budget", float(relus) - self._budget)
+        if result["status"] == "infeasible":
+            trial.set_user_attr("infeasible_reason", result.get("reason", ""))
+            self._ot_study.tell(trial, state=TrialState.PRUNED)
+            return
+        values = [result.get(o.name) for o in self._objectives]
+        if result["status"] != "ok":
+            self._fail(trial, result.get("reason") or "failed without a reason")
+        elif not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            self._fail(trial, f"objective values are not all finite numbers: {values}")
+        else:
+            self._ot_study.tell(trial, [float(v) for v in values])  # type: ignore[arg-type]
+
+    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("feasible", False)
+        self._ot_study.tell(trial, state=TrialState.FAIL)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: every trial is in the Optuna storage, which ``--resume`` reads."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: see :meth:`save`."""

@@ -1,0 +1,94 @@
+"""The study: one multi-objective Optuna study over the chosen strategies, run by Ray Tune.
+
+Optuna decides (define-by-run, in the driver), Ray Tune runs the trials (:mod:`search.trial`) on this
+machine or a cluster, and :class:`search.searcher.StudySearcher` records each result in the study's
+persistent storage before its progress line is printed. Resuming needs nothing but that storage:
+trials a killed driver left RUNNING are marked FAIL (interrupted) and enqueued again with the same
+parameters, then the study runs until it has its number of finished trials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from search import cluster
+from search.artifacts import start_store
+from search.objectives import Objective
+from search.searcher import StudySearcher, define_space
+from search.strategies import Strategy
+from search.studydb import existing_trials, fail_running, make_sampler, open_storage, remaining_trials, settle_interrupted
+from search.trial import TrialSpec, make_trainable
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How to run a study (may change between a run and its resume; results do not depend on it)."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None
+    concurrency: int | None = None
+    verbose: bool = False
+
+
+def run_study(
+    run_dir: Path,
+    study_name: str,
+    storage_url: str,
+    strategies: dict[str, Strategy],
+    objectives: Sequence[Objective],
+    spec: TrialSpec,
+    sampler: str,
+    seed: int,
+    total: int,
+    full_relus: int,
+    execution: Execution,
+    on_recorded: Callable[[FrozenTrial], None],
+    log: Callable[[str], None] = print,
+) -> optuna.Study:
+    """Run (or continue) the study until it has ``total`` finished trials, on the Ray this process
+    is connected to (:func:`search.cluster.connect`); returns the study."""
+    from ray import tune
+
+    storage = open_storage(storage_url)
+    resources = cluster.fit_resources(execution.cpus_per_trial, execution.gpus_per_trial, log)
+    searcher = StudySearcher(
+        define_space(strategies, spec.budget or full_relus),
+        objectives,
+        make_sampler(sampler, seed + existing_trials(storage, study_name)),
+        study_name,
+        storage,
+        spec.budget,
+        on_recorded,
+    )
+    study = searcher.study
+    settle_interrupted(study)
+    remaining = remaining_trials(study, total)
+    concurrency = execution.concurrency or max(1, int(_cluster_cpus() // resources.cpus))
+    if remaining:
+        log(f"running {remaining} trial(s), up to {concurrency} at a time")
+        tuner = tune.Tuner(
+            tune.with_resources(make_trainable(spec, start_store(run_dir)), {"cpu": resources.cpus, "gpu": resources.gpus}),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, num_samples=remaining, max_concurrent_trials=concurrency, reuse_actors=True
+            ),
+            run_config=tune.RunConfig(
+                name=study_name,
+                storage_path=str((run_dir / "tune").resolve()),
+                verbose=1 if execution.verbose else 0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        tuner.fit()
+    fail_running(study)
+    return study
+
+
+def _cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1))

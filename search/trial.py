@@ -1,0 +1,158 @@
+"""What runs inside one Ray Tune trial: one linearization through ``search.pipeline``.
+
+The trial never raises for a strategy's failure: it reports a ``status`` (``ok``, ``infeasible``,
+``failed``) and a one-line ``reason`` with every metric present (NaN where unknown), because Ray Tune
+aborts the whole run on a report that lacks a metric, and the searcher needs the reason to record it.
+A strategy whose plan fixes the ReLU count is held to the study's budget before any training (a plan
+over it is ``infeasible``); one whose count only training decides (SNL) trains to the trial's sampled
+``relu_target``. The model and the trial's log go to the
+run directory through the :class:`~search.artifacts.ArtifactStore` actor, so remote nodes need no
+shared filesystem.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search.data import Dataset, dataset_info, load_dataset
+from search.objectives import cost_model, objectives
+from search.pipeline import Job, execute, prepare
+from search.relu import relu_count
+from search.rundir import trial_model_path
+
+TRIAL_KEY = "_trial"  # config key holding what the searcher decided for this trial
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a trial needs besides its sampled options; the same for every trial of a run."""
+
+    dataset: str
+    model: str
+    model_options: dict[str, Any]
+    budget: int | None
+    objectives: tuple[str, ...]
+    cost_model: str
+    seed: int = 0
+    teacher_epochs: int | None = None
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    device: str = "auto"
+    fixed_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str, data_dir: str | None) -> Dataset:
+    """Loaded once per worker process: Tune reuses trial actors, so later trials skip the load."""
+    return load_dataset(name, data_dir)
+
+
+def _node_ip() -> str:
+    import ray.util
+
+    return ray.util.get_node_ip_address()
+
+
+def blank_metrics(spec: TrialSpec) -> dict[str, Any]:
+    """Every key a trial reports, unknown values NaN (Tune requires all of them in every report)."""
+    nan = float("nan")
+    metrics: dict[str, Any] = {name: nan for name in spec.objectives}
+    metrics.update(
+        status="failed", reason="", strategy="", options="{}", relus=nan, val_acc=nan, test_acc=nan,
+        latency_s=nan, communication_mb=nan, seconds=nan, feasible=False, model_path="", node_ip="",
+    )
+    return metrics
+
+
+def run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str]) -> tuple[dict[str, Any], bytes | None]:
+    """Run the trial the searcher ``decided``; returns (metrics, the saved model's bytes or None).
+
+    Never raises: a failure is a ``failed`` status with its reason.
+    """
+    strategy, number = decided["strategy"], int(decided["number"])
+    metrics = blank_metrics(spec)
+    used = {**decided["options"], **spec.fixed_options.get(strategy, {})}
+    metrics.update(strategy=strategy, options=json.dumps(used, sort_keys=True, default=str), node_ip=_node_ip())
+    start = time.perf_counter()
+    log = log_lines.append
+    if decided.get("error"):
+        metrics.update(reason=decided["error"], seconds=0.0)
+        return metrics, None
+    try:
+        job = Job(
+            strategy=strategy, dataset=spec.dataset, model=spec.model, budget=spec.budget,
+            model_options=spec.model_options, strategy_options=used, data_dir=spec.data_dir,
+            seed=spec.seed + number, teacher_epochs=spec.teacher_epochs, device=spec.device, cache_dir=spec.cache_dir,
+        )
+        prepared = prepare(job)
+        info = dataset_info(spec.dataset)
+        planned = prepared.strategy.plan(prepared.model_name, prepared.model_options, info.input_shape, info.num_classes, prepared.options)
+        if planned is None:  # the count is known only after training (SNL): train down to the trial's target
+            job.budget = decided["target"]
+        elif spec.budget is not None:  # the plan fixes the count: hold it to the study's budget, untrained
+            count = relu_count(planned, info.input_shape)
+            if count > spec.budget:
+                metrics.update(status="infeasible", relus=count, seconds=time.perf_counter() - start,
+                               reason=f"plan has {count:,} ReLUs, over the budget of {spec.budget:,}")
+                log(metrics["reason"])
+                return _with_objectives(metrics, spec), None
+        with tempfile.TemporaryDirectory(prefix="search-trial-") as tmp:
+            job.out = str(Path(tmp) / "model.pt")
+            result = execute(prepared, log=log, data=_dataset(spec.dataset, spec.data_dir))
+            payload = Path(job.out).read_bytes()
+        relus = result.outcome.relus
+        cost = cost_model(spec.cost_model)
+        metrics.update(
+            status="ok", relus=relus, val_acc=result.outcome.val_acc, test_acc=result.test_acc,
+            latency_s=cost.latency_s(relus), communication_mb=cost.communication_mb(relus), feasible=True,
+            seconds=time.perf_counter() - start,
+            model_path=trial_model_path(Path(), number).as_posix(),
+        )
+        _with_objectives(metrics, spec)
+        bad = [name for name in spec.objectives if not math.isfinite(metrics[name])]
+        if bad:
+            metrics.update(status="failed", feasible=False, model_path="", reason=f"objective {bad[0]} is not a finite number ({metrics[bad[0]]})")
+            log(metrics["reason"])
+            return metrics, None
+        return metrics, payload
+    except Exception as err:  # a strategy's bug or bad sample: record it, keep the study going
+        log(traceback.format_exc())
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        metrics.update(status="failed", reason=f"{type(err).__name__}: {first}".rstrip(": "), seconds=time.perf_counter() - start)
+        return metrics, None
+
+
+def _with_objectives(metrics: dict[str, Any], spec: TrialSpec) -> dict[str, Any]:
+    """Objective values from the measured ReLUs and accuracy (NaN stays NaN)."""
+    for objective in objectives(spec.objectives, cost_model(spec.cost_model)):
+        try:
+            metrics[objective.name] = objective.value(metrics)
+        except (TypeError, ValueError):
+            metrics[objective.name] = float("nan")
+    return metrics
+
+
+def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
+    """The Tune function trainable: run the trial, hand its files to ``store``, report once."""
+
+    def trainable(config: dict[str, Any]) -> None:
+        import ray
+        from ray import tune
+
+        decided = config[TRIAL_KEY]
+        lines: list[str] = []
+        metrics, payload = run_one(spec, decided, lines)
+        ray.get(store.save.remote(int(decided["number"]), payload, "\n".join(lines) + "\n"))
+        tune.report(metrics)
+
+    return trainable
+
+

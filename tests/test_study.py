@@ -1,0 +1,194 @@
+"""The study end to end: real Ray Tune (a local single-node Ray), real Optuna storage on disk, digits.
+
+Every test drives ``python -m search.run`` as a user would, from the project root, so Ray's workers
+import the test strategies of ``tests/strategies_for_tests.py`` the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from search import rundir
+from search.checkpoint import load_model
+from search.objectives import pareto_front
+from search.relu import relu_count
+from search.studydb import INTERRUPTED
+from tests.conftest import PROJECT_ROOT
+
+QUICK = "tests.strategies_for_tests:Quick"
+COARSE = "tests.strategies_for_tests:Coarse"
+BOOM = "tests.strategies_for_tests:Boom"
+NAN = "tests.strategies_for_tests:NotANumber"
+FAST = ["--teacher-epochs", "2", "--concurrency", "2"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """``--cache-dir`` pointing at the session's teacher cache (the one conftest gives every test)."""
+    return ["--cache-dir", str(tmp_path_factory.getbasetemp() / "search-cache")]
+
+
+def study_env() -> dict[str, str]:
+    """Single-node Ray on 127.0.0.1 (DESIGN.md); workers find the test strategies on PYTHONPATH."""
+    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(PROJECT_ROOT)}
+
+
+def run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "search.run", *args], cwd=PROJECT_ROOT, env=study_env(),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def load(run_dir: Path) -> tuple[rundir.RunSettings, optuna.Study]:
+    settings = rundir.read_settings(run_dir)
+    return settings, optuna.load_study(study_name=settings.study_name, storage=settings.storage)
+
+
+def progress_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if re.match(r"trial +\d+ ", line)]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory, cache: list[str]) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One study shared by the tests below: four strategies as a categorical (two real, one raising,
+    one NaN), a ReLU budget, a seeded random sampler (seed 28 samples all four strategies in 8 trials,
+    with feasible and over-budget plans)."""
+    run_dir = tmp_path_factory.mktemp("mixed") / "run"
+    strategies = ",".join([QUICK, COARSE, BOOM, NAN])
+    done = run(["--strategy", strategies, "--trials", "8", "--budget", "3000", "--sampler", "random", "--seed", "28",
+                "--run-dir", str(run_dir), *FAST, *cache])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, done
+
+
+def test_study_stores_a_pareto_front(mixed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    run_dir, done = mixed
+    settings, study = load(run_dir)
+    assert settings.objectives == ["accuracy", "relus"] and settings.directions == ["maximize", "minimize"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    trials = study.get_trials()
+    assert len(trials) == 8 and len(progress_lines(done.stdout)) == 8
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 3
+    for trial in complete:
+        attrs = trial.user_attrs
+        assert attrs["feasible"] is True and trial.values == [attrs["val_acc"], attrs["relus"]]
+        assert 0.0 <= attrs["test_acc"] <= 1.0 and attrs["seconds"] > 0 and attrs["node_ip"]
+        model, payload = load_model(run_dir / attrs["model_path"])
+        assert relu_count(model, (1, 8, 8)) == attrs["relus"] == payload["info"]["relus"] <= 3000
+        assert (run_dir / attrs["model_path"]).with_name("log.txt").read_text().strip()
+    quick = [t for t in complete if t.params["strategy"] == QUICK]
+    assert all(t.user_attrs["options"] == {"keep": t.params["quick/keep"]} for t in quick)
+    assert len({t.user_attrs["relus"] for t in quick}) == len(quick) >= 2, "each keep fraction gives its own ReLU count"
+    expected = {complete[i].number for i in pareto_front([t.values for t in complete], settings.directions)}
+    assert expected and {t.number for t in study.best_trials} == expected
+    assert "Pareto-optimal trials" in done.stdout
+
+
+def test_strategy_is_a_categorical(mixed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    _, study = load(mixed[0])
+    sampled = {t.params["strategy"] for t in study.get_trials()}
+    assert sampled == {QUICK, COARSE, BOOM, NAN}
+    assert all(t.user_attrs["strategy"] == t.params["strategy"] for t in study.get_trials())
+
+
+def test_raising_and_nan_trials_fail_and_the_study_completes(mixed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    run_dir, done = mixed
+    _, study = load(run_dir)
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    boom = [t for t in trials if t.params["strategy"] == BOOM]
+    nan = [t for t in trials if t.params["strategy"] == NAN]
+    assert boom and nan
+    for trial in boom:
+        assert trial.state == TrialState.FAIL
+        assert trial.user_attrs["fail_reason"] == "RuntimeError: deliberate failure from the Boom test strategy"
+        assert "Traceback" in (run_dir / "trials" / str(trial.number) / "log.txt").read_text()
+    for trial in nan:
+        assert trial.state == TrialState.FAIL and "objective accuracy is not a finite number" in trial.user_attrs["fail_reason"]
+    assert sum("FAILED" in line for line in progress_lines(done.stdout)) == len(boom) + len(nan)
+    first_failure = min(t.number for t in boom + nan)
+    assert [t for t in trials if t.number > first_failure and t.state != TrialState.FAIL], "the study went on after a failure"
+
+
+def test_over_budget_plans_are_infeasible_and_never_trained(mixed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    run_dir, _ = mixed
+    _, study = load(run_dir)
+    trials = study.get_trials()
+    infeasible = [t for t in trials if t.state == TrialState.PRUNED]
+    assert infeasible
+    for trial in infeasible:
+        assert trial.user_attrs["relus"] > 3000 and trial.user_attrs["feasible"] is False
+        assert trial.constraints == {"relus_over_budget": trial.user_attrs["relus"] - 3000}
+        assert "model_path" not in trial.user_attrs and "over the budget" in trial.user_attrs["infeasible_reason"]
+        assert "finetune" not in (run_dir / "trials" / str(trial.number) / "log.txt").read_text()
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            assert trial.constraints["relus_over_budget"] <= 0
+    assert not {t.number for t in infeasible} & {t.number for t in study.best_trials}
+
+
+def test_resume_after_sigkill_keeps_finished_trials(tmp_path: Path, cache: list[str]) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--strategy", QUICK, "--trials", "4", "--run-dir", str(run_dir), "--teacher-epochs", "2", "--concurrency", "1", *cache]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "search.run", *args], cwd=PROJECT_ROOT, env=study_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    seen = []
+    try:
+        deadline = time.monotonic() + 180
+        while len(seen) < 2 and time.monotonic() < deadline:
+            line = driver.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            if progress_lines(line):
+                seen.append(line)
+        assert len(seen) == 2, "the study printed two finished trials"
+        while time.monotonic() < deadline and not any(t.state == TrialState.RUNNING for t in load(run_dir)[1].get_trials()):
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)  # the driver only, mid-trial
+        driver.wait(30)
+    finally:
+        _stop_group(driver)
+    settings, study = load(run_dir)
+    before = {t.number: t.values for t in study.get_trials() if t.state == TrialState.COMPLETE}
+    assert 2 <= len(before) < 4
+    assert any(t.state == TrialState.RUNNING for t in study.get_trials()), "killed mid-trial"
+
+    done = run(["--resume", "--run-dir", str(run_dir), "--gpus-per-trial", "0.5", *cache])
+    assert done.returncode == 0, done.stderr[-3000:]
+    if not torch.cuda.is_available():  # a GPU request on a CPU-only Ray would wait forever: dropped, said
+        assert "warning: the Ray cluster has no GPU; ignoring --gpus-per-trial 0.5" in done.stdout
+    _, study = load(run_dir)
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    after = {t.number: t.values for t in trials if t.state == TrialState.COMPLETE}
+    assert all(after[n] == values for n, values in before.items()), "finished trials are kept as they were"
+    interrupted = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == INTERRUPTED]
+    assert interrupted
+    reruns = {t.user_attrs.get("rerun_of"): t for t in trials if "rerun_of" in t.user_attrs}
+    for trial in interrupted:
+        assert reruns[trial.number].params == trial.params and reruns[trial.number].state == TrialState.COMPLETE
+    assert len(after) == settings.trials == 4
+
+
+def _stop_group(process: subprocess.Popen[str]) -> None:
+    """Stop what the killed driver left behind (its local Ray), which the test started in its own group."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(30)
