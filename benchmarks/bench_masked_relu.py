@@ -1,0 +1,143 @@
+"""Cost of SNL's soft-masked activation in a full training step, as a ratio to plain ReLU.
+
+One training step = forward, cross-entropy, backward and an Adam step over weights (and masks), on a
+CIFAR ResNet18 at batch 64. Four variants of the same network, timed in the same run, alternated
+(a, b, c, d, a, b, ...) so load from other processes hits all of them alike; medians are reported:
+
+  (a) plain ``nn.ReLU`` modules;
+  (b) per-pixel soft masks with the released formula ``relu(x)*a + (1-a)*x`` in plain autograd;
+  (c) ``x - a*min(x, 0)`` in plain autograd;
+  (d) ReLU sites in soft mode, i.e. the kernel in ``search/masked_relu.py`` (what SNL trains with).
+
+    python -m benchmarks.bench_masked_relu --widths 0.25,1.0 --repeats 15 [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search.relu import ReLUSite, sites, trace_shapes
+from search.spaces import build_model
+from search.train import pick_device
+
+
+class _Released(nn.Module):
+    """SNL's released activation: ``relu(x) * a + (1 - a) * x``."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x) * self.alpha + (1 - self.alpha) * x
+
+
+class _MinForm(nn.Module):
+    """The cheaper identity ``x - a * min(x, 0)``, left to autograd."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.alpha * x.clamp(max=0)
+
+
+def _swap_sites(model: nn.Module, make: Callable[[ReLUSite], nn.Module]) -> nn.Module:
+    for site in sites(model):
+        path = next(name for name, module in model.named_modules() if module is site)
+        parent, _, attr = path.rpartition(".")
+        setattr(model.get_submodule(parent), attr, make(site))
+    return model
+
+
+def build_variant(kind: str, width: float, device: torch.device) -> nn.Module:
+    """ResNet18 (CIFAR) at ``width`` with the activation of variant ``kind``; same initial weights."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=10, input_size=(3, 32, 32), width=width)
+    trace_shapes(model, (3, 32, 32))
+    if kind == "plain":
+        _swap_sites(model, lambda site: nn.ReLU())
+    elif kind == "released":
+        _swap_sites(model, lambda site: _Released(site.mask_shape("pixel")))
+    elif kind == "min":
+        _swap_sites(model, lambda site: _MinForm(site.mask_shape("pixel")))
+    elif kind == "fused":
+        for site in sites(model):
+            site.set_mask(torch.ones(site.mask_shape("pixel")), trainable=True)
+    else:
+        raise ValueError(kind)
+    return model.to(device).train()
+
+
+def make_step(model: nn.Module, batch: int, device: torch.device) -> Callable[[], None]:
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+VARIANTS = {
+    "a_plain_relu": "plain",
+    "b_released_formula": "released",
+    "c_min_form_autograd": "min",
+    "d_fused_kernel": "fused",
+}
+
+
+def measure(width: float, batch: int, repeats: int, steps: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per training step of each variant, interleaved round by round."""
+    runners = {label: make_step(build_variant(kind, width, device), batch, device) for label, kind in VARIANTS.items()}
+    for run in runners.values():  # warm-up: allocator, Adam state, oneDNN primitives
+        for _ in range(3):
+            run()
+    times: dict[str, list[float]] = {label: [] for label in runners}
+    for _ in range(repeats):
+        for label, run in runners.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                run()
+            times[label].append((time.perf_counter() - start) / steps)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", default="0.25,1.0")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=15, help="rounds of (a, b, c, d)")
+    parser.add_argument("--steps", type=int, default=2, help="training steps per variant per round")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}, torch {torch.__version__}")
+    print("| width | variant | ms/step (median) | ratio to (a) |")
+    print("|---|---|---|---|")
+    for width in (float(w) for w in args.widths.split(",")):
+        medians = measure(width, args.batch, args.repeats, args.steps, device)
+        base = medians["a_plain_relu"]
+        for label, seconds in medians.items():
+            print(f"| {width} | {label} | {seconds * 1e3:.1f} | {seconds / base:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

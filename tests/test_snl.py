@@ -1,0 +1,241 @@
+"""SNL strategy: budget met exactly, frozen binary masks in finetune, the kappa schedule, channel
+masks, checkpoints that round-trip, the soft-mask kernel, and one-line errors from the real CLI."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+import search.strategies.snl as snl_module
+from search.checkpoint import load_model
+from search.data import Loader, load_dataset
+from search.errors import SearchError
+from search.masked_relu import soft_masked_relu
+from search.pipeline import Job, execute, prepare
+from search.relu import relu_count, sites, trace_shapes
+from search.spaces import build_model
+from search.strategies import get_strategy
+from search.train import EpochStats, evaluate
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TEACHER_EPOCHS = 4  # a small, quickly trained teacher shared by every test through the session cache
+FAST = {"max_epochs": "20", "finetune_epochs": "2"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a loaded 2-core machine two threads make each small kernel wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(digits, budget: int, **options: str):
+    job = Job(strategy="snl", dataset="digits", budget=budget, strategy_options={**FAST, **options}, teacher_epochs=TEACHER_EPOCHS)
+    return execute(prepare(job), log=lambda line: None, data=digits)
+
+
+def _full(model_name: str = "resnet_tiny") -> int:
+    return relu_count(build_model(model_name, num_classes=10, input_size=(1, 8, 8)), (1, 8, 8))
+
+
+# -- the whole strategy ---------------------------------------------------------------------------
+
+
+def test_pixel_run_meets_budget_with_frozen_binary_masks_in_finetune(digits, monkeypatch):
+    seen: dict[str, object] = {}
+    real_fit = snl_module.fit
+
+    def watching_fit(model, data, config, device, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("label") == "snl-finetune":
+            masked = sites(model)
+            seen["dtypes"] = {s.mask.dtype for s in masked if s.mask is not None}
+            seen["mask_params"] = [name for name, _ in model.named_parameters() if name.endswith("mask")]
+            seen["masks_before"] = [None if s.mask is None else s.mask.clone() for s in masked]
+            result = real_fit(model, data, config, device, **kwargs)
+            seen["masks_after"] = [None if s.mask is None else s.mask.clone() for s in masked]
+            return result
+        return real_fit(model, data, config, device, **kwargs)
+
+    monkeypatch.setattr(snl_module, "fit", watching_fit)
+    budget = _full() // 10
+    result = _run(digits, budget)
+    outcome = result.outcome
+    assert outcome.relus == relu_count(outcome.model, (1, 8, 8))
+    assert outcome.relus <= budget
+    assert outcome.relus == budget  # exact_budget keeps exactly B single-pixel positions
+    # in finetune the masks are bool buffers, not parameters (so not in the optimizer), and unchanged
+    assert seen["dtypes"] == {torch.bool}
+    assert seen["mask_params"] == []
+    for before, after in zip(seen["masks_before"], seen["masks_after"]):  # type: ignore[arg-type]
+        assert (before is None and after is None) or torch.equal(before, after)
+    # the kappa schedule as recorded by the real run: growth after epoch e iff e > warmup and no new low
+    details = outcome.details
+    kappa, warmup = 1.1, 5
+    counts, lambdas = details["counts"], details["lambdas"]
+    assert counts[-1] <= budget < counts[0]
+    for epoch in range(1, len(counts) + 1):
+        new_low = epoch == 1 or counts[epoch - 1] < min(counts[: epoch - 1])
+        grows = not new_low and epoch > warmup
+        following = lambdas[epoch] if epoch < len(lambdas) else details["final_lambda"]
+        assert following == pytest.approx(lambdas[epoch - 1] * (kappa if grows else 1.0))
+
+
+def test_channel_masks_count_in_whole_channels(digits):
+    budget = _full() // 5
+    outcome = _run(digits, budget, granularity="channel").outcome
+    assert outcome.relus <= budget
+    for site in sites(outcome.model):
+        height_width = site.size // site.shape[0]  # type: ignore[index]
+        assert site.active() % height_width == 0
+        if site.mask is not None:
+            assert site.mask.shape == (site.shape[0], 1, 1)  # type: ignore[index]
+
+
+def test_max_epochs_without_reaching_budget_fails_with_reason(digits):
+    with pytest.raises(SearchError, match=r"did not reach the budget of 46 ReLUs in max_epochs=1"):
+        _run(digits, 46, lam="0", max_epochs="1")
+
+
+# -- pieces ---------------------------------------------------------------------------------------
+
+
+def _tiny_with_soft_masks(granularity: str = "pixel", epsilon: float = 0.01):
+    model = build_model("resnet_tiny", num_classes=10, input_size=(1, 8, 8))
+    trace_shapes(model, (1, 8, 8))
+    masked = sites(model)
+    for site in masked:
+        site.set_mask(torch.ones(site.mask_shape(granularity)), trainable=True)  # type: ignore[arg-type]
+        site.count_threshold = epsilon
+    return model, masked
+
+
+def test_lambda_grows_by_kappa_only_on_epochs_without_new_low():
+    model, masked = _tiny_with_soft_masks()
+    lasso = snl_module._Lasso(masked, 1.0)
+    schedule = snl_module._Schedule(model, (1, 8, 8), budget=10, lasso=lasso, kappa=2.0, warmup=2, log=lambda line: None)
+    mask = masked[0].mask
+    # counts per epoch: full, full (warm-up: no growth), lower (new low), same, same, lower
+    switched_off = [0, 0, 100, 100, 100, 300]
+    expected = [1.0, 1.0, 1.0, 1.0, 2.0, 4.0]
+    for epoch, off in enumerate(switched_off, start=1):
+        with torch.no_grad():
+            mask.fill_(1.0)  # type: ignore[union-attr]
+            mask.view(-1)[:off] = 0.0  # type: ignore[union-attr]
+        assert lasso.lam == expected[epoch - 1]
+        schedule(EpochStats(epoch, 0.0, 0.0, 0.0, 0.0, 0.0))
+    assert schedule.lambdas == expected
+    assert lasso.lam == 4.0  # epoch 6 set a new low: no growth after it
+    assert schedule.counts[0] - schedule.counts[-1] == 300
+
+
+def test_select_top_keeps_highest_channels_within_budget():
+    model, masked = _tiny_with_soft_masks("channel")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for site in masked:
+            site.mask.copy_(torch.rand(site.mask.shape, generator=generator))  # type: ignore[union-attr]
+    scores = {id(s): s.mask.detach().clone() for s in masked}  # type: ignore[union-attr]
+    budget = 1000
+    kept = snl_module.select_top(masked, budget)
+    assert kept == relu_count(model, (1, 8, 8)) <= budget
+    smallest_entry = min(s.size // s.shape[0] for s in masked)  # type: ignore[index]
+    assert budget - kept < smallest_entry  # no entry that would still fit was left out
+    for site in masked:
+        assert site.mode in ("on", "off", "masked")
+        assert "mask" not in dict(site.named_parameters())
+        height_width = site.size // site.shape[0]  # type: ignore[index]
+        assert site.active() % height_width == 0
+    # every kept entry of equal size scores at least as high as every dropped one
+    by_size: dict[int, tuple[list[float], list[float]]] = {}
+    for site in masked:
+        on = torch.ones(site.mask_shape("channel"), dtype=torch.bool) if site.mode == "on" else site.mask.expand(site.mask_shape("channel")).bool()  # type: ignore[union-attr]
+        kept_scores, dropped_scores = by_size.setdefault(site.size // site.shape[0], ([], []))  # type: ignore[index]
+        kept_scores += scores[id(site)][on].tolist()
+        dropped_scores += scores[id(site)][~on].tolist()
+    for kept_scores, dropped_scores in by_size.values():
+        if kept_scores and dropped_scores:
+            assert min(kept_scores) >= max(dropped_scores)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5), (4, 1, 1), (1, 1, 1)])
+def test_soft_mask_kernel_matches_released_formula(shape):
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 3, 5, dtype=torch.double, requires_grad=True)
+    alpha = (torch.rand(shape, dtype=torch.double) * 1.4 - 0.2).requires_grad_()
+    assert torch.autograd.gradcheck(soft_masked_relu, (x, alpha))
+    reference = torch.relu(x) * alpha + (1 - alpha) * x
+    out = soft_masked_relu(x, alpha)
+    grad = torch.randn_like(out)
+    expected = torch.autograd.grad(reference, (x, alpha), grad)
+    got = torch.autograd.grad(out, (x, alpha), grad)
+    torch.testing.assert_close(out, reference)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_suggest_is_define_by_run_with_namespaced_names(tmp_path):
+    strategy = get_strategy("snl")
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="snl-suggest")
+    trial = study.ask()
+    values = strategy.suggest(trial, budget=400)
+    assert set(trial.params) == {"snl/lam", "snl/kappa", "snl/epsilon", "snl/lr", "snl/granularity"}
+    options = strategy.parse_options(values)
+    assert options.kappa > 1 and options.epsilon > 0 and options.granularity in ("pixel", "channel")
+    assert strategy.plan("resnet_tiny", {}, (1, 8, 8), 10, options) is None
+
+
+# -- the real command line ------------------------------------------------------------------------
+
+
+def _cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    env_cmd = [sys.executable, "-m", "search.linearize", "--strategy", "snl", "--dataset", "digits", *args]
+    return subprocess.run(
+        env_cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600,
+        env={**__import__("os").environ, "SEARCH_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_cli_saved_model_round_trips(digits, tmp_path, isolated_cache):
+    out = tmp_path / "snl.pt"
+    budget = _full() // 10
+    proc = _cli("--budget", "10%", "--teacher-epochs", str(TEACHER_EPOCHS), "--set", "finetune_epochs=2", "--out", str(out), cache=isolated_cache)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"relus=(\d+) val_acc=([\d.]+) test_acc=([\d.]+)", last)
+    assert match, last
+    assert int(match.group(1)) <= budget
+    model, payload = load_model(out)
+    assert relu_count(model, (1, 8, 8)) == int(match.group(1)) == payload["info"]["relus"]
+    test_acc = evaluate(model, Loader(digits.test, digits.info, 512, torch.device("cpu")))
+    assert f"{test_acc:.4f}" == match.group(3)
+    assert all(s.mask is None or s.mask.dtype == torch.bool for s in sites(model))
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--budget", "0"], "budget 0 is out of range"),
+        (["--budget", "5000"], "budget 5000 is out of range"),
+        (["--budget", "10%", "--set", "kappa=1"], "bad value 1.0 for kappa: expected a number > 1"),
+        (["--budget", "10%", "--set", "epsilon=0"], "bad value 0.0 for epsilon: expected a number > 0"),
+        (["--budget", "10%", "--set", "lam=-1"], "bad value -1.0 for lam: expected a number >= 0"),
+    ],
+)
+def test_cli_bad_values_give_one_error_line(args, expected, tmp_path):
+    proc = _cli(*args, cache=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
