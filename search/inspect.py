@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from search.checkpoint import load_model
 from search.cli import ArgumentParser, add_model_arguments, parse_input_shape, run_main
 from search.data import dataset_info
 from search.errors import SearchError
@@ -41,16 +42,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="python -m search.inspect",
         description="Print the ReLU count of a model (or of a strategy's plan for it) per stage, "
-        "ending with total_relus=N. Nothing is trained.",
+        "ending with total_relus=N. Nothing is trained. With --checkpoint, the table of a saved model "
+        "(e.g. a study's RUN_DIR/trials/<n>/model.pt) with its masks.",
     )
     add_model_arguments(parser)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--input", help="input shape CxHxW, e.g. 3x32x32")
     where.add_argument("--dataset", help="take the input shape (and class count) of this dataset")
+    where.add_argument("--checkpoint", metavar="PATH", help="a saved model (search.checkpoint format): count its active ReLUs")
     parser.add_argument("--strategy", help="show this strategy's plan (its masks and reshaping) instead of the full model")
     parser.add_argument("--sites", action="store_true", help="one row per ReLU site instead of per stage")
     args = parser.parse_args(argv)
 
+    if args.checkpoint:
+        if args.strategy or args.sets or args.model:
+            raise SearchError("--checkpoint shows the saved model as it is: omit --model, --set and --strategy")
+        model, payload = load_model(args.checkpoint)
+        input_size = tuple(payload["input_size"])
+        rows = relu_table(model, input_size)
+        print(f"checkpoint {args.checkpoint}: model {payload['model']} ({describe_options(payload['options'])}), "
+              f"input {'x'.join(map(str, input_size))}")
+        print(format_table(rows, per_site=args.sites))
+        print(f"total_relus={sum(r.active for r in rows)}")
+        return 0
     info = dataset_info(args.dataset) if args.dataset else None
     input_size = info.input_shape if info else parse_input_shape(args.input)
     num_classes = info.num_classes if info else 10
@@ -62,8 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if strategy is not None:
         options = strategy.parse_options(strategy_raw)
         model = strategy.plan(model_name, model_options, input_size, num_classes, options)
-        if model is None:
-            raise SearchError(f"strategy {strategy.name} learns its masks by training; its plan cannot be counted beforehand")
     else:
         model = build_model(model_name, num_classes=num_classes, input_size=input_size, **model_options)
     rows = relu_table(model, input_size)

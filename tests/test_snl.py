@@ -20,7 +20,7 @@ from search.masked_relu import soft_masked_relu
 from search.pipeline import Job, execute, prepare
 from search.relu import relu_count, sites, trace_shapes
 from search.spaces import build_model
-from search.strategies import get_strategy
+from search.strategies import PlanNeedsTraining, get_strategy
 from search.train import EpochStats, evaluate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +194,8 @@ def test_suggest_is_define_by_run_with_namespaced_names(tmp_path):
     assert set(trial.params) == {"snl/lam", "snl/kappa", "snl/epsilon", "snl/lr", "snl/granularity"}
     options = strategy.parse_options(values)
     assert options.kappa > 1 and options.epsilon > 0 and options.granularity in ("pixel", "channel")
-    assert strategy.plan("resnet_tiny", {}, (1, 8, 8), 10, options) is None
+    with pytest.raises(PlanNeedsTraining, match="learns its result by training"):
+        strategy.plan("resnet_tiny", {}, (1, 8, 8), 10, options)
 
 
 # -- the real command line ------------------------------------------------------------------------

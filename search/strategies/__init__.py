@@ -11,7 +11,7 @@ import importlib.util
 from importlib.metadata import entry_points
 
 from search.errors import SearchError
-from search.strategies.base import Context, Outcome, Strategy
+from search.strategies.base import Context, Outcome, PlanNeedsTraining, Strategy
 
 ENTRY_POINT_GROUP = "search.strategies"
 
@@ -59,4 +59,4 @@ def get_strategy(name: str) -> Strategy:
     return cls()
 
 
-__all__ = ["Context", "Outcome", "Strategy", "get_strategy", "list_strategies", "ENTRY_POINT_GROUP"]
+__all__ = ["Context", "Outcome", "PlanNeedsTraining", "Strategy", "get_strategy", "list_strategies", "ENTRY_POINT_GROUP"]

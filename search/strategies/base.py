@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from search.data import Dataset
+from search.errors import SearchError
 from search.options import validate
 
 if TYPE_CHECKING:
@@ -51,12 +52,21 @@ class Outcome:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+class PlanNeedsTraining(SearchError):
+    """Raised by :meth:`Strategy.plan` when only training can tell the plan's ReLU count."""
+
+
 class Strategy(ABC):
-    """Base class of a ReLU-reduction strategy. Subclasses set ``name`` and ``Options``."""
+    """Base class of a ReLU-reduction strategy. Subclasses set ``name`` and ``Options``.
+
+    ``trains_to_budget`` marks strategies whose count is whatever budget they are given (SNL): a study
+    hands each of their trials a sampled ReLU target as its budget, so trials spread along the front.
+    """
 
     name: ClassVar[str]
     Options: ClassVar[type]
     summary: ClassVar[str] = ""
+    trains_to_budget: ClassVar[bool] = False
 
     def parse_options(self, raw: Mapping[str, Any]) -> Any:
         """Typed, range-checked options from ``--set`` strings or sampled values."""
@@ -67,10 +77,11 @@ class Strategy(ABC):
         """Sample this strategy's hyperparameters define-by-run, named ``<name>/<option>``;
         returns them keyed by option name (without the prefix)."""
 
-    def plan(self, model_name: str, model_options: Mapping[str, Any], input_size: tuple[int, int, int], num_classes: int, options: Any) -> nn.Module | None:
+    def plan(self, model_name: str, model_options: Mapping[str, Any], input_size: tuple[int, int, int], num_classes: int, options: Any) -> nn.Module:
         """The model this strategy would train, masks set, built without training, so its ReLU count
-        can be checked against a budget first. None when only training can tell (SNL)."""
-        return None
+        can be checked against a budget first. Raises PlanNeedsTraining, saying why, when only
+        training can tell (SNL learns its masks)."""
+        raise PlanNeedsTraining(f"strategy {self.name} learns its result by training; its ReLU count is known only afterwards")
 
     @abstractmethod
     def run(self, ctx: Context, options: Any) -> Outcome:

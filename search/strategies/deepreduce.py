@@ -29,7 +29,7 @@ from search.errors import SearchError
 from search.relu import relu_count, sites, trace_shapes
 from search.spaces import build_model, model_options as declared_model_options
 from search.spaces.resnet import BasicBlock, CifarResNet
-from search.strategies.base import Context, Outcome, Strategy
+from search.strategies.base import Context, Outcome, PlanNeedsTraining, Strategy
 from search.strategies.criticality import Criticality, cached_order, criticality, stage_label, stage_sites
 from search.teacher import default_cache_dir
 from search.train import TrainConfig, fit, teacher_config
@@ -326,7 +326,7 @@ class DeepReDuce(Strategy):
                 recipe_filter["epochs"] = options.criticality_epochs
             found = cached_order(default_cache_dir(), model_name, model_options, input_size, num_classes, recipe_filter)
             if found is None:
-                raise SearchError(
+                raise PlanNeedsTraining(
                     f"n_cull={options.n_cull} culls the least critical stages, and no criticality order of {model_name} "
                     f"({', '.join(f'{k}={v}' for k, v in model_options.items()) or 'default options'}) is cached yet: "
                     "it is measured by training (python -m search.linearize --strategy deepreduce ...); "

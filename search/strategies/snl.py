@@ -182,6 +182,7 @@ def select_top(masked: list[ReLUSite], budget: int) -> int:
 class SNL(Strategy):
     name = "snl"
     Options = SNLOptions
+    trains_to_budget = True
     summary = (
         "Selective Network Linearization (Cho et al. 2022): learn per-pixel or per-channel ReLU masks with "
         "a Lasso penalty (lambda grown by kappa on epochs without a new low) until the count is within the "
