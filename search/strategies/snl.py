@@ -196,7 +196,7 @@ class SNL(Strategy):
 
     def suggest(self, trial: optuna.Trial, budget: int | None) -> dict[str, Any]:
         return {
-            "lam": trial.suggest_float("snl/lam", 1e-6, 3e-2, log=True),
+            "lam": trial.suggest_float("snl/lam", 1e-5, 3e-2, log=True),
             "kappa": trial.suggest_float("snl/kappa", 1.05, 1.5),
             "epsilon": trial.suggest_float("snl/epsilon", 1e-3, 1e-1, log=True),
             "lr": trial.suggest_float("snl/lr", 3e-4, 3e-2, log=True),
