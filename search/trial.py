@@ -27,6 +27,7 @@ from search.objectives import cost_model, objectives
 from search.pipeline import Job, execute, prepare
 from search.relu import relu_count
 from search.rundir import trial_model_path
+from search.strategies import PlanNeedsTraining
 
 TRIAL_KEY = "_trial"  # config key holding what the searcher decided for this trial
 
@@ -94,10 +95,13 @@ def run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str]) -> t
         )
         prepared = prepare(job)
         info = dataset_info(spec.dataset)
-        planned = prepared.strategy.plan(prepared.model_name, prepared.model_options, info.input_shape, info.num_classes, prepared.options)
-        if planned is None:  # the count is known only after training (SNL): train down to the trial's target
+        if prepared.strategy.trains_to_budget:  # its count is its budget (SNL): train down to the trial's target
             job.budget = decided["target"]
-        elif spec.budget is not None:  # the plan fixes the count: hold it to the study's budget, untrained
+        try:
+            planned = prepared.strategy.plan(prepared.model_name, prepared.model_options, info.input_shape, info.num_classes, prepared.options)
+        except PlanNeedsTraining:  # only training can count it: the strategy itself holds it to job.budget
+            planned = None
+        if planned is not None and spec.budget is not None:  # the plan fixes the count: check it, untrained
             count = relu_count(planned, info.input_shape)
             if count > spec.budget:
                 metrics.update(status="infeasible", relus=count, seconds=time.perf_counter() - start,
