@@ -67,6 +67,8 @@ def render(report: Report) -> bytes:
             handles.append(_legend_mark("x", style.DOMINATED_ALPHA + 0.2))
             labels.append("over budget (faint x)")
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, 0.0), min(high, 100.5))  # accuracy lives in 0..100; matplotlib pads past it
     ax.set_xlabel("ReLU count (log scale)")
     ax.set_ylabel("validation accuracy (%)")
     subtitle = " · ".join(x for x in (report.dataset, report.model) if x)
