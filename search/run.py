@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import cluster, rundir
 from search.cli import ArgumentParser, run_main
-from search.data import dataset_info
+from search.data import dataset_info, load_dataset
 from search.errors import SearchError
 from search.objectives import COST_PRESETS, Objective, cost_model, objectives
 from search.pipeline import full_relu_count
@@ -93,7 +93,16 @@ def build_parser() -> ArgumentParser:
     where.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 where the cluster "
                        "has GPUs, else 0; dropped with a warning on a cluster without GPUs)")
     where.add_argument("--concurrency", type=int, help="trials running at once (default: cluster CPUs / --cpus-per-trial)")
+    limits = parser.add_argument_group("limits and faults (may change on --resume)")
+    limits.add_argument("--trial-timeout", type=float, metavar="SECONDS", help="stop a trial that runs longer than this "
+                        "(wall clock, including its start) and record it FAILED; the study goes on (default: no limit)")
+    limits.add_argument("--trial-memory", type=int, metavar="MB", help="stop a trial whose peak resident memory passes this "
+                        "many MB and record it FAILED; the study goes on (default: no limit)")
+    limits.add_argument("--trial-retries", type=int, metavar="N", help="rerun a trial up to N times when its Ray worker or "
+                        "node dies (default 0: record it FAILED and go on)")
     where.add_argument("--device", default="auto", help="device inside a trial: auto (CUDA when the trial has a GPU), cpu, cuda")
+    parser.add_argument("--config", metavar="FILE", help="YAML file of options, keyed by their long names (e.g. strategy: snl, "
+                        "trial-timeout: 600, set: [width=0.5]); options on the command line override it")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Ray's and Optuna's own logs and the trials' output")
     return parser
 
@@ -263,7 +272,7 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
         objectives=tuple(settings.objectives), cost_model=settings.cost_model, seed=settings.seed,
         teacher_epochs=settings.extra.get("teacher_epochs"), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None, device=args.device,
-        fixed_options=settings.extra.get("fixed_options", {}),
+        fixed_options=settings.extra.get("fixed_options", {}), timeout_s=args.trial_timeout, memory_mb=args.trial_memory,
     )
     budget = f"{settings.budget:,}" if settings.budget else "none"
     print(f"study {settings.study_name}: {', '.join(settings.strategies)} on {settings.model}/{settings.dataset} "
@@ -272,17 +281,86 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
     print(f"run directory {run_dir}, storage {settings.storage}", flush=True)
     from search.study import Execution, run_study  # imports Ray: only once the input is known to be good
 
-    execution = Execution(args.cpus_per_trial, args.gpus_per_trial, args.concurrency, args.verbose)
+    execution = Execution(args.cpus_per_trial, args.gpus_per_trial, args.concurrency, args.verbose, args.trial_retries or 0)
     return run_study(
         run_dir, settings.study_name, settings.storage, strategies, chosen, spec, settings.sampler, settings.seed,
         settings.trials, settings.full_relus, execution, on_recorded=lambda t: print(describe_trial(t, settings.objectives), flush=True),
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line over the ``--config`` file (when given), checked."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        parser.set_defaults(**read_config(args.config, parser))
+        args = parser.parse_args(argv)
     if args.concurrency is not None and args.concurrency < 1:
         raise SearchError(f"bad value {args.concurrency} for --concurrency: expected an integer >= 1")
+    if args.trial_timeout is not None and not args.trial_timeout > 0:
+        raise SearchError(f"bad value {args.trial_timeout:g} for --trial-timeout: expected seconds > 0")
+    if args.trial_memory is not None and args.trial_memory < 1:
+        raise SearchError(f"bad value {args.trial_memory} for --trial-memory: expected MB >= 1")
+    if args.trial_retries is not None and args.trial_retries < 0:
+        raise SearchError(f"bad value {args.trial_retries} for --trial-retries: expected an integer >= 0")
+    return args
+
+
+def read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """``--config`` FILE (YAML, safe-loaded) as argparse defaults; unknown keys and values of the
+    wrong type are errors naming them."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise SearchError(f"cannot read --config {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise SearchError(f"--config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SearchError(f"--config {path} must hold a mapping of option: value, not {type(raw).__name__}")
+    actions = {a.option_strings[-1].removeprefix("--"): a for a in parser._actions
+               if a.option_strings and a.dest not in ("help", "config", "resume")}
+    unknown = [str(k) for k in raw if str(k).replace("_", "-") not in actions]
+    if unknown:
+        raise SearchError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in --config {path}; "
+                          f"accepted: {', '.join(sorted(actions))}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        action = actions[str(key).replace("_", "-")]
+        values[action.dest] = _config_value(path, str(key), value, action)
+    return values
+
+
+def _config_value(path: str, key: str, value: Any, action: argparse.Action) -> Any:
+    """``value`` as the command line would have given it for ``action``."""
+    bad = f"bad value {value!r} for {key} in --config {path}: expected "
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise SearchError(bad + "true or false")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(i, (str, int, float)) and not isinstance(i, bool) for i in items):
+            raise SearchError(bad + "a list of KEY=VALUE strings")
+        return [str(i) for i in items]
+    if isinstance(value, (dict, list, bool)):
+        raise SearchError(bad + ("a number" if action.type in (int, float) else "a string"))
+    if action.type in (int, float):
+        try:
+            number = action.type(value)
+        except (TypeError, ValueError):
+            raise SearchError(bad + ("an integer" if action.type is int else "a number")) from None
+        if number != value and not isinstance(value, str):
+            raise SearchError(bad + "an integer")
+        return number
+    return str(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.address:
         cluster.check_reachable(args.address)
     if args.resume:
@@ -300,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = objectives(settings.objectives, cost_model(settings.cost_model))
     if [o.name for o in chosen] != settings.objectives:
         raise SearchError(f"{run_dir}/{rundir.SETTINGS_FILE} lists objectives {settings.objectives} in an order this version cannot use")
+    load_dataset(settings.dataset, args.data_dir)  # missing or corrupt data fails here, not in every trial
     if not args.resume:
         rundir.check_new_run_dir(run_dir)
     open_storage(settings.storage)

@@ -33,6 +33,7 @@ class Execution:
     gpus_per_trial: float | None = None
     concurrency: int | None = None
     verbose: bool = False
+    retries: int = 0  # times Ray Tune reruns a trial whose worker or node died (0: record it FAILED)
 
 
 def run_study(
@@ -80,7 +81,7 @@ def run_study(
                 name=study_name,
                 storage_path=str((run_dir / "tune").resolve()),
                 verbose=1 if execution.verbose else 0,
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=tune.FailureConfig(max_failures=execution.retries),
             ),
         )
         tuner.fit()

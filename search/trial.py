@@ -48,6 +48,8 @@ class TrialSpec:
     cache_dir: str | None = None
     device: str = "auto"
     fixed_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timeout_s: float | None = None  # wall-clock limit of one trial (search.limits)
+    memory_mb: int | None = None  # peak resident memory limit of one trial (search.limits)
 
 
 @functools.lru_cache(maxsize=2)
@@ -73,15 +75,16 @@ def blank_metrics(spec: TrialSpec) -> dict[str, Any]:
     return metrics
 
 
-def run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str]) -> tuple[dict[str, Any], bytes | None]:
-    """Run the trial the searcher ``decided``; returns (metrics, the saved model's bytes or None).
+def run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str = "") -> tuple[dict[str, Any], bytes | None]:
+    """Run the trial the searcher ``decided`` on the node ``node_ip``; returns (metrics, the saved
+    model's bytes or None).
 
     Never raises: a failure is a ``failed`` status with its reason.
     """
     strategy, number = decided["strategy"], int(decided["number"])
     metrics = blank_metrics(spec)
     used = {**decided["options"], **spec.fixed_options.get(strategy, {})}
-    metrics.update(strategy=strategy, options=json.dumps(used, sort_keys=True, default=str), node_ip=_node_ip())
+    metrics.update(strategy=strategy, options=json.dumps(used, sort_keys=True, default=str), node_ip=node_ip)
     start = time.perf_counter()
     log = log_lines.append
     if decided.get("error"):
@@ -145,7 +148,8 @@ def _with_objectives(metrics: dict[str, Any], spec: TrialSpec) -> dict[str, Any]
 
 
 def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
-    """The Tune function trainable: run the trial, hand its files to ``store``, report once."""
+    """The Tune function trainable: run the trial (in a child process held to the limits when the
+    spec has any, see :mod:`search.limits`), hand its files to ``store``, report once."""
 
     def trainable(config: dict[str, Any]) -> None:
         import ray
@@ -153,7 +157,12 @@ def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
 
         decided = config[TRIAL_KEY]
         lines: list[str] = []
-        metrics, payload = run_one(spec, decided, lines)
+        if spec.timeout_s or spec.memory_mb:
+            from search.limits import run_limited
+
+            metrics, payload = run_limited(spec, decided, lines, _node_ip())
+        else:
+            metrics, payload = run_one(spec, decided, lines, _node_ip())
         ray.get(store.save.remote(int(decided["number"]), payload, "\n".join(lines) + "\n"))
         tune.report(metrics)
 

@@ -2,23 +2,29 @@
 
 ``Quick`` and ``Coarse`` really trade accuracy for ReLUs on digits in a second or two: they start from
 the cached teacher, switch ReLU positions off and finetune briefly. ``Boom`` raises and ``NotANumber``
-returns a NaN accuracy, so tests can watch the study record failures and go on.
+returns a NaN accuracy, so tests can watch the study record failures and go on. ``Nap`` sleeps and
+``Hog`` fills memory, for the per-trial time and memory limits and for killing a node mid-trial.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from search.data import Loader
 from search.errors import SearchError
 from search.relu import relu_count, sites
 from search.spaces import build_model
 from search.strategies import Context, Outcome, Strategy
-from search.train import fit, teacher_config
+from search.train import evaluate, fit, teacher_config
 
 
 def _from_teacher(ctx: Context) -> nn.Module:
@@ -145,3 +151,58 @@ class NotANumber(Strategy):
         for site in sites(model):
             site.switch_off()
         return Outcome(model, ctx.model_name, ctx.model_options, relu_count(model, info.input_shape), float("nan"))
+
+
+@dataclass(frozen=True)
+class NapOptions:
+    seconds: float = 1.0
+    marker: str = ""  # a folder: on starting, the trial creates <node ip>-<pid> in it
+
+
+class Nap(Strategy):
+    """Sleeps ``seconds`` (fixed with ``--set seconds=S``), then scores the untrained model on the
+    validation split: a trial whose length the test decides (time limits, a node killed mid-trial).
+    With ``marker``, it says on which Ray node it started, so a test knows when a node is mid-trial."""
+
+    name = "nap"
+    Options = NapOptions
+
+    def suggest(self, trial: Any, budget: int | None) -> dict[str, Any]:
+        return {}
+
+    def plan(self, model_name, model_options, input_size, num_classes, options):  # type: ignore[no-untyped-def]
+        return _build(model_name, model_options, input_size, num_classes)  # all ReLUs on: the count is known
+
+    def run(self, ctx: Context, options: NapOptions) -> Outcome:
+        if options.marker:
+            import ray.util
+
+            Path(options.marker, f"{ray.util.get_node_ip_address()}-{os.getpid()}").touch()
+        time.sleep(options.seconds)
+        info = ctx.data.info
+        model = _build(ctx.model_name, ctx.model_options, info.input_shape, info.num_classes).to(ctx.device)
+        val_acc = evaluate(model, Loader(ctx.data.val, info, batch_size=256, device=ctx.device))
+        return Outcome(model, ctx.model_name, ctx.model_options, relu_count(model, info.input_shape), val_acc)
+
+
+@dataclass(frozen=True)
+class HogOptions:
+    mb: int = 4096
+
+
+class Hog(Strategy):
+    """Touches memory 64 MB at a time up to ``mb``, then raises: a trial under a lower memory limit
+    must be stopped before that (the error says when it was not)."""
+
+    name = "hog"
+    Options = HogOptions
+
+    def suggest(self, trial: Any, budget: int | None) -> dict[str, Any]:
+        return {}
+
+    def run(self, ctx: Context, options: HogOptions) -> Outcome:
+        held = []
+        for _ in range(options.mb // 64):
+            held.append(np.ones(64 * 1024 * 1024, dtype=np.uint8))  # written, so resident
+            time.sleep(0.02)
+        raise RuntimeError(f"Hog held {options.mb} MB and nothing stopped it")

@@ -1,30 +1,26 @@
 """The study end to end: real Ray Tune (a local single-node Ray), real Optuna storage on disk, digits.
 
 Every test drives ``python -m search.run`` as a user would, from the project root, so Ray's workers
-import the test strategies of ``tests/strategies_for_tests.py`` the same way.
+import the test strategies of ``tests/strategies_for_tests.py`` the same way. Repeated driver kills,
+time and memory limits, a dead node and corrupt inputs are in ``tests/test_reliability.py``.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
 
-from search import rundir
 from search.checkpoint import load_model
 from search.objectives import pareto_front
 from search.relu import relu_count
 from search.studydb import INTERRUPTED
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import load, progress_lines, run, start_run, stop_group
 
 QUICK = "tests.strategies_for_tests:Quick"
 COARSE = "tests.strategies_for_tests:Coarse"
@@ -37,27 +33,6 @@ FAST = ["--teacher-epochs", "2", "--concurrency", "2"]
 def cache(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """``--cache-dir`` pointing at the session's teacher cache (the one conftest gives every test)."""
     return ["--cache-dir", str(tmp_path_factory.getbasetemp() / "search-cache")]
-
-
-def study_env() -> dict[str, str]:
-    """Single-node Ray on 127.0.0.1 (DESIGN.md); workers find the test strategies on PYTHONPATH."""
-    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(PROJECT_ROOT)}
-
-
-def run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "search.run", *args], cwd=PROJECT_ROOT, env=study_env(),
-        capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def load(run_dir: Path) -> tuple[rundir.RunSettings, optuna.Study]:
-    settings = rundir.read_settings(run_dir)
-    return settings, optuna.load_study(study_name=settings.study_name, storage=settings.storage)
-
-
-def progress_lines(stdout: str) -> list[str]:
-    return [line for line in stdout.splitlines() if re.match(r"trial +\d+ ", line)]
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +118,7 @@ def test_over_budget_plans_are_infeasible_and_never_trained(mixed: tuple[Path, s
 def test_resume_after_sigkill_keeps_finished_trials(tmp_path: Path, cache: list[str]) -> None:
     run_dir = tmp_path / "run"
     args = ["--strategy", QUICK, "--trials", "4", "--run-dir", str(run_dir), "--teacher-epochs", "2", "--concurrency", "1", *cache]
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "search.run", *args], cwd=PROJECT_ROOT, env=study_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-    )
+    driver = start_run(args)
     seen = []
     try:
         deadline = time.monotonic() + 180
@@ -162,7 +134,7 @@ def test_resume_after_sigkill_keeps_finished_trials(tmp_path: Path, cache: list[
         driver.send_signal(signal.SIGKILL)  # the driver only, mid-trial
         driver.wait(30)
     finally:
-        _stop_group(driver)
+        stop_group(driver)
     settings, study = load(run_dir)
     before = {t.number: t.values for t in study.get_trials() if t.state == TrialState.COMPLETE}
     assert 2 <= len(before) < 4
@@ -184,11 +156,3 @@ def test_resume_after_sigkill_keeps_finished_trials(tmp_path: Path, cache: list[
         assert reruns[trial.number].params == trial.params and reruns[trial.number].state == TrialState.COMPLETE
     assert len(after) == settings.trials == 4
 
-
-def _stop_group(process: subprocess.Popen[str]) -> None:
-    """Stop what the killed driver left behind (its local Ray), which the test started in its own group."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(30)

@@ -1,0 +1,119 @@
+"""One trial in a child process held to a wall-clock limit and a memory limit.
+
+A Ray Tune function trial runs in a thread of a long-lived worker process, where nothing can stop it
+safely. Under ``--trial-timeout`` or ``--trial-memory`` the trial therefore runs in a child process
+(``python -m search.limits``) that the Ray worker waits for: past the time limit the worker kills it;
+a watchdog thread in the child stops it when its peak resident memory passes the memory limit. Either
+way the trial is reported ``failed`` with a reason naming the limit, and the study goes on.
+
+Parent and child exchange JSON files and the model's bytes in a private temporary directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from search.trial import TrialSpec, blank_metrics, run_one
+
+WATCH_INTERVAL_S = 0.1
+_MEMORY_EXIT = 3  # the child's exit code when its watchdog stopped it
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (ru_maxrss is KB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def time_reason(limit_s: float) -> str:
+    return f"time limit exceeded: still running after --trial-timeout {limit_s:g} s (stopped)"
+
+
+def memory_reason(peak_mb: float, limit_mb: int) -> str:
+    return f"memory limit exceeded: peak resident memory {peak_mb:,.0f} MB over --trial-memory {limit_mb:,} MB (stopped)"
+
+
+def run_limited(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str = "") -> tuple[dict[str, Any], bytes | None]:
+    """Like :func:`search.trial.run_one`, in a child process held to ``spec.timeout_s`` and
+    ``spec.memory_mb``; never raises."""
+    with tempfile.TemporaryDirectory(prefix="search-limited-") as tmp:
+        folder = Path(tmp)
+        (folder / "in.json").write_text(json.dumps({"spec": dataclasses.asdict(spec), "decided": decided, "node_ip": node_ip}))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        start = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-m", "search.limits", str(folder)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, stderr = child.communicate(timeout=spec.timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            stderr = b""
+            timed_out = True
+        else:
+            timed_out = False
+        out = folder / "out.json"
+        if out.is_file():
+            result = json.loads(out.read_text())
+            log_lines.extend(result["log"])
+            model = folder / "model.pt"
+            return result["metrics"], model.read_bytes() if model.is_file() else None
+        metrics = blank_metrics(spec)
+        metrics.update(strategy=decided["strategy"], node_ip=node_ip, seconds=time.perf_counter() - start,
+                       options=json.dumps({**decided["options"], **spec.fixed_options.get(decided["strategy"], {})}, sort_keys=True, default=str))
+        if timed_out:
+            metrics["reason"] = time_reason(spec.timeout_s or 0)
+        else:
+            last = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            metrics["reason"] = f"the trial process died with exit code {child.returncode} {last[0]}".rstrip()
+            log_lines.append(stderr.decode(errors="replace"))
+        log_lines.append(metrics["reason"])
+        return metrics, None
+
+
+def _watch_memory(limit_mb: int, folder: Path, spec: TrialSpec, decided: dict[str, Any], node_ip: str, log_lines: list[str], start: float) -> None:
+    """Stop this (child) process once its peak resident memory passes ``limit_mb``."""
+    while True:
+        peak = peak_rss_mb()
+        if peak > limit_mb:
+            metrics = blank_metrics(spec)
+            metrics.update(strategy=decided["strategy"], node_ip=node_ip, seconds=time.perf_counter() - start,
+                           reason=memory_reason(peak, limit_mb))
+            _write_result(folder, metrics, [*log_lines, metrics["reason"]])
+            os._exit(_MEMORY_EXIT)
+        time.sleep(WATCH_INTERVAL_S)
+
+
+def _write_result(folder: Path, metrics: dict[str, Any], log_lines: list[str]) -> None:
+    tmp = folder / "out.json.tmp"
+    tmp.write_text(json.dumps({"metrics": metrics, "log": log_lines}))
+    os.replace(tmp, folder / "out.json")
+
+
+def _child(folder: Path) -> None:
+    start = time.perf_counter()
+    given = json.loads((folder / "in.json").read_text())
+    raw = given["spec"]
+    spec = TrialSpec(**{**raw, "objectives": tuple(raw["objectives"])})
+    lines: list[str] = []
+    if spec.memory_mb:
+        threading.Thread(target=_watch_memory, args=(spec.memory_mb, folder, spec, given["decided"], given["node_ip"], lines, start),
+                         daemon=True).start()
+    metrics, payload = run_one(spec, given["decided"], lines, given["node_ip"])
+    if payload is not None:
+        (folder / "model.pt").write_bytes(payload)
+    _write_result(folder, metrics, lines)
+
+
+if __name__ == "__main__":
+    _child(Path(sys.argv[1]))
