@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--snl-finetune-epochs", type=int, default=3)
     parser.add_argument("--no-snl", action="store_true", help="skip the SNL runs at the plans' counts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--teacher-epochs", type=int, help="teacher recipe epochs (default: the cifar10 recipe's)")
+    parser.add_argument("--cache-dir", help="teacher and criticality cache (default: the user cache)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core machine)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -79,7 +81,8 @@ def main() -> None:
         sets = " ".join(f"--set {k}={v}" for k, v in options.items())
         print(f"\n## deepreduce {sets}", flush=True)
         job = Job(strategy="deepreduce", dataset="cifar10", model=MODEL, model_options=dict(MODEL_OPTIONS),
-                  strategy_options=options, data_dir=args.data_dir, seed=args.seed)
+                  strategy_options=options, data_dir=args.data_dir, seed=args.seed,
+                  teacher_epochs=args.teacher_epochs, cache_dir=args.cache_dir)
         row, seconds = _run(job, data)
         rows.append({"strategy": "deepreduce", "plan": row["details"]["plan"], "set": sets, **row, "seconds": seconds})
 
@@ -88,7 +91,8 @@ def main() -> None:
         for count in [r["relus"] for r in rows if r["strategy"] == "deepreduce"]:
             print(f"\n## snl --budget {count} " + " ".join(f"--set {k}={v}" for k, v in snl_options.items()), flush=True)
             job = Job(strategy="snl", dataset="cifar10", model=MODEL, budget=count, model_options=dict(MODEL_OPTIONS),
-                      strategy_options=snl_options, data_dir=args.data_dir, seed=args.seed)
+                      strategy_options=snl_options, data_dir=args.data_dir, seed=args.seed,
+                      teacher_epochs=args.teacher_epochs, cache_dir=args.cache_dir)
             try:
                 row, seconds = _run(job, data)
             except Exception as err:  # a budget SNL cannot reach is a result to record, not a crash

@@ -15,12 +15,15 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from search.data import Dataset, dataset_info, load_dataset
 from search.objectives import cost_model, objectives
@@ -157,6 +160,11 @@ def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
 
         decided = config[TRIAL_KEY]
         lines: list[str] = []
+        # As many torch threads as CPUs reserved: more oversubscribes the node, which on a small CPU
+        # machine slows every kernel launch far more than the extra thread gains.
+        threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # children (search.limits) inherit it
+        torch.set_num_threads(threads)
         if spec.timeout_s or spec.memory_mb:
             from search.limits import run_limited
 
