@@ -24,9 +24,20 @@ def strategies_help() -> str:
         strategy = get_strategy(name)
         lines = [f"strategy {name}: {strategy.summary}".rstrip(": ")]
         for key, (hint, default) in declared_options(strategy.Options).items():
-            lines.append(f"  --set {key}=...  {describe(hint)} (default {default})")
+            lines.append(f"  --set {key}=...  {describe(hint)} (default: {_show_default(default)})")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def _show_default(value: object) -> str:
+    """A default as a user would type it; None means the strategy picks (per dataset or budget)."""
+    if value is None:
+        return "automatic"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
 
 
 def build_parser() -> ArgumentParser:

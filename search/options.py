@@ -61,7 +61,8 @@ def describe(hint: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(describe(a) for a in typing.get_args(hint) if a is not type(None))
     if origin in (tuple, list):
-        return "a comma-separated list of " + describe(typing.get_args(hint)[0])
+        inner = typing.get_args(hint)[0]
+        return "a comma-separated list" + ("" if inner is str else " of " + describe(inner))
     if hint is bool:
         return "true or false"
     if hint is int:
