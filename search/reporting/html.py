@@ -14,7 +14,7 @@ from html import escape
 import plotly.graph_objects as go
 
 from search.reporting import style, text
-from search.reporting.model import Report, TrialRow
+from search.reporting.model import Report, TrialRow, faint_trials
 from search.reporting.sections import Cell, Table, sections, subtitle
 
 PLOT_ID = "pareto-plot"
@@ -68,9 +68,7 @@ def figure(report: Report) -> go.Figure:
     colors = style.series_colors([s.name for s in report.series], [s.strategy for s in report.series])
     for series in report.series:
         color = colors[series.name]
-        mine = [t for t in report.trials if t.series == series.name]
-        dominated = [t for t in mine if t.eligible and not t.on_front]
-        over = [t for t in mine if t.over_budget and t.val_acc is not None]
+        dominated, over = faint_trials(report, series)
         if series.front:
             fig.add_trace(_trials_trace(list(series.front), series.name, color, "front", mode="lines+markers", showlegend=True))
         if dominated:

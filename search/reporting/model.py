@@ -201,6 +201,14 @@ def build_report(runs: Sequence[RunData], published: Sequence[PublishedPoint] = 
     )
 
 
+def faint_trials(report: Report, series: Series) -> tuple[list[TrialRow], list[TrialRow]]:
+    """The series' trials drawn faint: (dominated but eligible, over the budget with an accuracy)."""
+    mine = [t for t in report.trials if t.series == series.name]
+    dominated = [t for t in mine if t.eligible and not t.on_front]
+    over = [t for t in mine if t.over_budget and t.val_acc is not None]
+    return dominated, over
+
+
 def normalised_point(relus: int, accuracy: float, reference_relus: int) -> tuple[float, float]:
     """A trial in hypervolume coordinates: (log10 ReLUs / log10 N, 1 - accuracy)."""
     return math.log10(max(relus, 1)) / math.log10(reference_relus), 1.0 - accuracy

@@ -12,7 +12,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from search.reporting import style, text
-from search.reporting.model import Report, TrialRow
+from search.reporting.model import Report, TrialRow, faint_trials
 
 
 def render(report: Report) -> bytes:
@@ -23,9 +23,7 @@ def render(report: Report) -> bytes:
     colors = style.series_colors([s.name for s in report.series], [s.strategy for s in report.series])
     for series in report.series:
         color = colors[series.name]
-        mine = [t for t in report.trials if t.series == series.name]
-        dominated = [t for t in mine if t.eligible and not t.on_front]
-        over = [t for t in mine if t.over_budget and t.val_acc is not None]
+        dominated, over = faint_trials(report, series)
         if dominated:
             ax.scatter(_x(dominated), _y(dominated), s=18, color=color, alpha=style.DOMINATED_ALPHA, linewidths=0)
         if over:
