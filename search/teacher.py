@@ -20,10 +20,9 @@ import torch
 from torch import nn
 
 from search.checkpoint import load_model, save_model
-from search.data import Dataset
+from search.data import Dataset, Loader
 from search.spaces import build_model
 from search.train import TrainConfig, evaluate, fit
-from search.data import Loader
 
 CACHE_VERSION = 1
 
