@@ -1,13 +1,15 @@
 """Cost of SNL's soft-masked activation in a full training step, as a ratio to plain ReLU.
 
 One training step = forward, cross-entropy, backward and an Adam step over weights (and masks), on a
-CIFAR ResNet18 at batch 64. Four variants of the same network, timed in the same run, alternated
-(a, b, c, d, a, b, ...) so load from other processes hits all of them alike; medians are reported:
+CIFAR ResNet18 at batch 64. Five variants of the same network, timed in the same run, alternated
+(a, b, c, d, e, a, b, ...) so load from other processes hits all of them alike; medians are reported:
 
   (a) plain ``nn.ReLU`` modules;
   (b) per-pixel soft masks with the released formula ``relu(x)*a + (1-a)*x`` in plain autograd;
   (c) ``x - a*min(x, 0)`` in plain autograd;
-  (d) ReLU sites in soft mode, i.e. the kernel in ``search/masked_relu.py`` (what SNL trains with).
+  (d) ``search/masked_relu.py`` with its ATen backward (four vectorised passes; what CUDA uses);
+  (e) ReLU sites in soft mode: ``search/masked_relu.py`` with its fused C++ backward (what SNL trains
+      with on a CPU).
 
     python -m benchmarks.bench_masked_relu --widths 0.25,1.0 --repeats 15 [--threads 1]
 """
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search.masked_relu import fused_backward, soft_masked_relu
 from search.relu import ReLUSite, sites, trace_shapes
 from search.spaces import build_model
 from search.train import pick_device
@@ -50,6 +53,17 @@ class _MinForm(nn.Module):
         return x - self.alpha * x.clamp(max=0)
 
 
+class _AtenBackward(nn.Module):
+    """``search.masked_relu`` forced onto its ATen backward."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return soft_masked_relu(x, self.alpha, fused=False)
+
+
 def _swap_sites(model: nn.Module, make: Callable[[ReLUSite], nn.Module]) -> nn.Module:
     for site in sites(model):
         path = next(name for name, module in model.named_modules() if module is site)
@@ -69,7 +83,11 @@ def build_variant(kind: str, width: float, device: torch.device) -> nn.Module:
         _swap_sites(model, lambda site: _Released(site.mask_shape("pixel")))
     elif kind == "min":
         _swap_sites(model, lambda site: _MinForm(site.mask_shape("pixel")))
+    elif kind == "aten":
+        _swap_sites(model, lambda site: _AtenBackward(site.mask_shape("pixel")))
     elif kind == "fused":
+        if fused_backward() is None:
+            raise SystemExit("the fused soft-mask kernel could not be built here (see the line above)")
         for site in sites(model):
             site.set_mask(torch.ones(site.mask_shape("pixel")), trainable=True)
     else:
@@ -97,7 +115,8 @@ VARIANTS = {
     "a_plain_relu": "plain",
     "b_released_formula": "released",
     "c_min_form_autograd": "min",
-    "d_fused_kernel": "fused",
+    "d_aten_backward": "aten",
+    "e_fused_kernel": "fused",
 }
 
 
@@ -121,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", default="0.25,1.0")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=15, help="rounds of (a, b, c, d)")
+    parser.add_argument("--repeats", type=int, default=15, help="rounds of (a, b, c, d, e)")
     parser.add_argument("--steps", type=int, default=2, help="training steps per variant per round")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")

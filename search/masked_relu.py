@@ -2,24 +2,65 @@
 
 ``alpha * relu(x) + (1 - alpha) * x`` equals ``x`` where ``x > 0`` and ``(1 - alpha) * x`` elsewhere:
 a PReLU whose negative slope ``1 - alpha`` is broadcast per pixel or per channel. The forward is ATen's
-vectorised PReLU kernel, one pass like a plain ReLU. The backward uses four vectorised passes
-(ReLU's own backward, a subtraction, an addcmul, and the product for the mask gradient) instead of ATen's PReLU backward,
-which is a scalar loop about twice as slow; the mask gradient is summed over the batch with a
-matrix-vector product, which reads the tensor once where ``sum(0)`` is a slow strided reduction.
-Only ``x`` is saved, as for autograd's ReLU. ``benchmarks/bench_masked_relu.py`` measures the result.
+vectorised PReLU kernel, one pass like a plain ReLU. Only ``x`` is saved, as for autograd's ReLU.
+
+The backward has two implementations:
+
+- on CPU, a fused C++ kernel (``search/csrc/soft_mask.cpp``) reads ``grad`` and ``x`` once, writes the
+  input gradient and sums the mask gradient over the batch in the same pass, like ReLU's own
+  backward. It is compiled with ``torch.utils.cpp_extension`` on first use (once per machine, about
+  half a minute, cached in ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``);
+- elsewhere (CUDA), or where it cannot be compiled (no C++ compiler), four vectorised ATen passes:
+  ReLU's own backward, a subtraction, an addcmul, and a product whose batch sum is a matrix-vector
+  product (``sum(0)`` over the batch is a slow strided reduction on CPU).
+
+``benchmarks/bench_masked_relu.py`` measures both against a plain ReLU training step.
 """
 
 from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.autograd.function import once_differentiable
 
 _prelu = torch.ops.aten._prelu_kernel
 _relu_backward = torch.ops.aten.threshold_backward
+_SOURCE = Path(__file__).with_name("csrc") / "soft_mask.cpp"
+_EXTENSION = "search_soft_mask"
+DISABLE_ENV = "SEARCH_NO_FUSED_KERNEL"  # set to 1 to use the ATen backward everywhere
+
+FusedBackward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
+
+
+@functools.lru_cache(maxsize=1)
+def fused_backward() -> FusedBackward | None:
+    """The compiled CPU backward, or None (disabled, or it cannot be built: said once on stderr)."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None
+    from torch.utils import cpp_extension
+
+    try:
+        module = cpp_extension.load(_EXTENSION, [str(_SOURCE)], extra_cflags=["-O3"], verbose=False)
+    except Exception as err:  # no compiler, no ninja, a read-only cache: the ATen backward still works
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        print(f"search: the fused soft-mask kernel could not be built ({reason}); using the slower ATen backward",
+              file=sys.stderr)
+        return None
+    return module.soft_mask_backward
+
+
+def _mask_grad(per_position: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """A gradient per position of one input (flat) summed down to the mask's shape."""
+    return per_position.reshape(1, *x.shape[1:]).sum_to_size(alpha.shape).to(alpha.dtype)
 
 
 class _SoftMaskedReLU(torch.autograd.Function):
-    """``x - alpha * min(x, 0)`` as a PReLU with slope ``1 - alpha``; saves ``x`` and ``alpha`` only."""
+    """``x - alpha * min(x, 0)`` as a PReLU with slope ``1 - alpha``; ATen backward (four passes)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -39,12 +80,36 @@ class _SoftMaskedReLU(torch.autograd.Function):
             product = negative_part.mul_(x)
             batch = x.shape[0]
             ones = torch.ones(batch, dtype=product.dtype, device=product.device)
-            per_input = (ones @ product.reshape(batch, -1)).reshape(1, *x.shape[1:])
-            grad_alpha = per_input.sum_to_size(alpha.shape).to(alpha.dtype)
+            grad_alpha = _mask_grad(ones @ product.reshape(batch, -1), x, alpha)
         return grad_x, grad_alpha
 
 
-def soft_masked_relu(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+class _FusedSoftMaskedReLU(torch.autograd.Function):
+    """The same function with the one-pass C++ backward (CPU only)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, backward: FusedBackward) -> torch.Tensor:  # type: ignore[override]
+        slope = (1 - alpha).to(x.dtype)
+        ctx.save_for_backward(x, alpha, slope)
+        ctx.fused = backward
+        return _prelu(x, slope)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
+        x, alpha, slope = ctx.saved_tensors
+        want_alpha = bool(ctx.needs_input_grad[1])
+        grad_x, per_position = ctx.fused(grad, x, slope.expand(x.shape[1:]), want_alpha)
+        grad_alpha = _mask_grad(per_position, x, alpha) if want_alpha else None
+        return grad_x, grad_alpha, None
+
+
+def soft_masked_relu(x: torch.Tensor, alpha: torch.Tensor, fused: bool = True) -> torch.Tensor:
     """``alpha * relu(x) + (1 - alpha) * x`` for a mask ``alpha`` broadcastable to one input of ``x``
-    (its shape without the batch dimension, e.g. C x H x W per pixel or C x 1 x 1 per channel)."""
+    (its shape without the batch dimension, e.g. C x H x W per pixel or C x 1 x 1 per channel).
+    ``fused=False`` forces the ATen backward (benchmarks compare the two)."""
+    if fused and x.device.type == "cpu" and x.dim() >= 1 and x.shape[0] > 0:
+        backward = fused_backward()
+        if backward is not None:
+            return _FusedSoftMaskedReLU.apply(x, alpha, backward)
     return _SoftMaskedReLU.apply(x, alpha)

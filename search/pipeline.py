@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,7 @@ def prepare(job: Job) -> Prepared:
     full = full_relu_count(model_name, model_options, job.dataset)
     if job.budget is not None and not 0 < job.budget <= full:
         raise SearchError(f"budget {job.budget} is out of range: expected 1..{full:,} (the model's full ReLU count)")
-    if job.teacher_epochs is not None and job.teacher_epochs < 1:
-        raise SearchError(f"bad value {job.teacher_epochs} for teacher epochs: expected an integer >= 1")
+    teacher_config(job.dataset, job.teacher_epochs)  # a bad epoch count fails here, before any data is loaded
     pick_device(job.device)
     return Prepared(job, strategy, options, model_name, model_options, full)
 
@@ -96,9 +95,7 @@ def execute(
     seed_everything(job.seed)
     data = data or load_dataset(job.dataset, job.data_dir, job.download)
     cache_dir = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
-    recipe = teacher_config(job.dataset)
-    if job.teacher_epochs is not None:
-        recipe = replace(recipe, epochs=job.teacher_epochs)
+    recipe = teacher_config(job.dataset, job.teacher_epochs)
     teacher_record: dict[str, Any] = {}
 
     def teacher():  # type: ignore[no-untyped-def]

@@ -37,7 +37,7 @@ from search.trial import TrialSpec
 DEFAULTS: dict[str, Any] = {
     "strategy": "snl",
     "dataset": "digits",
-    "trials": 6,
+    "trials": 6,  # without --minutes-per-strategy; with it, no cap unless given
     "objectives": "",
     "cost_model": "delphi",
     "sampler": "tpe",
@@ -57,6 +57,8 @@ def build_parser() -> ArgumentParser:
         epilog="examples:\n"
         "  python -m search.run --strategy snl                      # digits, resnet_tiny, a few minutes on a laptop\n"
         "  python -m search.run --strategy all --dataset cifar10 --data-dir ../shared/data/cifar10 --trials 40 --budget 50000\n"
+        "  python -m search.run --strategy all --dataset cifar10 --data-dir ../shared/data/cifar10 --minutes-per-strategy 30"
+        "   # equal compute time\n"
         "  python -m search.run --resume --run-dir runs/20260101-120000   # continue a killed run\n"
         "  python -m search.run --strategy all --address auto       # on a node of a running Ray cluster",
     )
@@ -72,7 +74,13 @@ def build_parser() -> ArgumentParser:
                        "strategy); fixed options override sampled ones (repeatable)")
     study.add_argument("--budget", help="ReLU budget: a count or a percentage of the model's ReLUs (e.g. 10%%); trials over it "
                        "are infeasible and never on the Pareto front (default: none)")
-    study.add_argument("--trials", type=int, help=f"number of finished trials the study should have (default {DEFAULTS['trials']})")
+    study.add_argument("--trials", type=int, help=f"number of finished trials the study should have (default {DEFAULTS['trials']}; "
+                       "with --minutes-per-strategy, a cap, none by default)")
+    study.add_argument("--minutes-per-strategy", type=float, metavar="MINUTES",
+                       help="give every strategy the same compute time instead of counting trials: the next trial goes to the "
+                       "strategy that has used the least, and the study ends once each has used MINUTES (CPU time of its "
+                       "trials, all threads; wall time on a GPU); trials running then finish. Train the teacher first "
+                       "(python -m search.train_teacher) or the first trials pay for it. May be raised on --resume")
     study.add_argument("--objectives", help="extra objectives to minimize besides accuracy and ReLUs, comma-separated: "
                        "latency, communication (estimated online PI cost)")
     study.add_argument("--cost-model", help=f"per-ReLU PI cost for latency/communication: {', '.join(COST_PRESETS)}, or "
@@ -151,8 +159,8 @@ def new_settings(args: argparse.Namespace, run_dir: Path, storage: str) -> rundi
     full = full_relu_count(model_name, model_options, info.name)
     chosen = objectives([n.strip() for n in values["objectives"].split(",") if n.strip()], cost_model(values["cost_model"]))
     make_sampler(values["sampler"], 0)
-    trials = args.trials if args.trials is not None else DEFAULTS["trials"]
-    if trials < 1:
+    trials = args.trials if args.trials is not None else (None if args.minutes_per_strategy else DEFAULTS["trials"])
+    if trials is not None and trials < 1:
         raise SearchError(f"bad value {trials} for --trials: expected an integer >= 1")
     if values["teacher_epochs"] is not None and values["teacher_epochs"] < 1:
         raise SearchError(f"bad value {values['teacher_epochs']} for --teacher-epochs: expected an integer >= 1")
@@ -176,6 +184,7 @@ def new_settings(args: argparse.Namespace, run_dir: Path, storage: str) -> rundi
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         versions=_versions(),
         extra={"fixed_options": fixed, "teacher_epochs": values["teacher_epochs"], "argv": sys.argv[1:]},
+        minutes_per_strategy=args.minutes_per_strategy,
     )
 
 
@@ -205,6 +214,8 @@ def check_resume(args: argparse.Namespace, settings: rundir.RunSettings) -> rund
         if args.trials < 1:
             raise SearchError(f"bad value {args.trials} for --trials: expected an integer >= 1")
         settings.trials = args.trials
+    if args.minutes_per_strategy is not None:
+        settings.minutes_per_strategy = args.minutes_per_strategy
     return settings
 
 
@@ -222,7 +233,9 @@ def describe_trial(trial: FrozenTrial, names: Sequence[str]) -> str:
     """One progress line: number, strategy, options, accuracy, ReLUs (or why it failed)."""
     attrs = trial.user_attrs
     strategy = attrs.get("strategy", "?")
-    params = ", ".join(f"{k.split('/', 1)[-1]}={_short(v)}" for k, v in trial.params.items() if k != "strategy") or "-"
+    used = attrs.get("options") or {}  # a fixed --set option overrides the sampled value: show what ran
+    shown = {k.split("/", 1)[-1]: v for k, v in trial.params.items() if k != "strategy"}
+    params = ", ".join(f"{k}={_short(used.get(k, v))}" for k, v in shown.items()) or "-"
     head = f"trial {trial.number:>3} {strategy:<12} {params}"
     if trial.state == TrialState.COMPLETE:
         values = "  ".join(f"{n}={_short(v)}" for n, v in zip(names, trial.values))
@@ -277,7 +290,7 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
     budget = f"{settings.budget:,}" if settings.budget else "none"
     print(f"study {settings.study_name}: {', '.join(settings.strategies)} on {settings.model}/{settings.dataset} "
           f"({settings.full_relus:,} ReLUs {'with' if settings.stem_relu else 'without'} the stem ReLU, budget {budget}), "
-          f"objectives {', '.join(f'{o.name} ({o.direction})' for o in chosen)}, {settings.trials} trials, sampler {settings.sampler}")
+          f"objectives {', '.join(f'{o.name} ({o.direction})' for o in chosen)}, {_extent(settings)}, sampler {settings.sampler}")
     print(f"run directory {run_dir}, storage {settings.storage}", flush=True)
     from search.study import Execution, run_study  # imports Ray: only once the input is known to be good
 
@@ -285,7 +298,16 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
     return run_study(
         run_dir, settings.study_name, settings.storage, strategies, chosen, spec, settings.sampler, settings.seed,
         settings.trials, settings.full_relus, execution, on_recorded=lambda t: print(describe_trial(t, settings.objectives), flush=True),
+        log=lambda line: print(line, flush=True), minutes_per_strategy=settings.minutes_per_strategy,
     )
+
+
+def _extent(settings: rundir.RunSettings) -> str:
+    """How long the study runs, as the start line states it."""
+    if settings.minutes_per_strategy is None:
+        return f"{settings.trials} trials"
+    cap = f", at most {settings.trials} trials" if settings.trials is not None else ""
+    return f"{settings.minutes_per_strategy:g} min of compute time per strategy{cap}"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -301,6 +323,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise SearchError(f"bad value {args.trial_timeout:g} for --trial-timeout: expected seconds > 0")
     if args.trial_memory is not None and args.trial_memory < 1:
         raise SearchError(f"bad value {args.trial_memory} for --trial-memory: expected MB >= 1")
+    if args.minutes_per_strategy is not None and not args.minutes_per_strategy > 0:
+        raise SearchError(f"bad value {args.minutes_per_strategy:g} for --minutes-per-strategy: expected minutes > 0")
     if args.trial_retries is not None and args.trial_retries < 0:
         raise SearchError(f"bad value {args.trial_retries} for --trial-retries: expected an integer >= 0")
     return args

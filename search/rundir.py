@@ -11,8 +11,8 @@ Layout::
       report.html report.md pareto.png trials.csv   written by search.report
 
 Each finished Optuna trial carries these user attributes (``TRIAL_ATTRS``): ``strategy``,
-``relus``, ``val_acc``, ``test_acc``, ``latency_s``, ``communication_mb``, ``seconds``,
-``model_path`` (relative to the run directory), ``feasible`` (within the budget), and, for a failed
+``relus``, ``val_acc``, ``test_acc``, ``latency_s``, ``communication_mb``, ``seconds`` (wall),
+``compute_seconds`` (CPU time of the trial's processes, or wall time on a GPU), ``model_path`` (relative to the run directory), ``feasible`` (within the budget), and, for a failed
 trial, ``fail_reason``. Trial values follow ``RunSettings.objectives`` in order.
 
 Also recorded: ``options`` (the strategy options the trial used, sampled and fixed), ``node_ip`` (the
@@ -49,6 +49,7 @@ TRIAL_ATTRS = (
     "latency_s",
     "communication_mb",
     "seconds",
+    "compute_seconds",
     "model_path",
     "feasible",
     "fail_reason",
@@ -77,10 +78,11 @@ class RunSettings:
     cost_model: str
     sampler: str
     seed: int
-    trials: int
+    trials: int | None  # None: no cap, the time share ends the study
     created: str
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    minutes_per_strategy: float | None = None  # compute time each strategy may use (search.timeshare)
 
 
 def storage_url(run_dir: str | os.PathLike[str]) -> str:

@@ -11,6 +11,9 @@ a trial which Optuna trial it is. This subclass (checked against Ray 2.60's sour
   the sampler learn where the budget lies;
 - calls ``on_recorded`` with the stored trial only after storage has it, so a progress line never
   runs ahead of the storage;
+- under a :class:`~search.timeshare.TimeShare`, fixes each new trial's strategy to the one that has
+  used the least compute time (an enqueued ``strategy`` parameter, so the sampler still samples the
+  rest) and tells Tune the search is finished once every strategy has had its time;
 - does not pickle itself into Tune's experiment checkpoints: the Optuna storage is the checkpoint.
 """
 
@@ -23,15 +26,17 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.objectives import Objective
 from search.strategies import Strategy
 from search.studydb import INTERRUPTED
+from search.timeshare import TimeShare
 from search.trial import TRIAL_KEY
 
 CRASHED = "the trial's Ray worker died (see the Ray logs of the run)"
-_NUMERIC_ATTRS = ("relus", "val_acc", "test_acc", "latency_s", "communication_mb", "seconds")
+_NUMERIC_ATTRS = ("relus", "val_acc", "test_acc", "latency_s", "communication_mb", "seconds", "compute_seconds")
 
 
 TARGET_PARAM = "relu_target"
@@ -74,10 +79,14 @@ class StudySearcher(OptunaSearch):
         storage: optuna.storages.BaseStorage,
         budget: int | None,
         on_recorded: Callable[[FrozenTrial], None],
+        share: TimeShare | None = None,
+        log: Callable[[str], None] = print,
     ) -> None:
         self._objectives = list(objectives)
         self._budget = budget
         self._on_recorded = on_recorded
+        self._share = share
+        self._log = log
         super().__init__(
             space=space,
             metric=[o.name for o in objectives],
@@ -91,9 +100,25 @@ class StudySearcher(OptunaSearch):
     def study(self) -> optuna.Study:
         return self._ot_study
 
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self._share is None or trial_id in self._ot_trials:
+            return super().suggest(trial_id)
+        study = self._ot_study
+        strategy = self._share.next_strategy(study)
+        if strategy is None:
+            return Searcher.FINISHED
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if len(self._share.strategies) > 1 and not waiting:  # a rerun waiting keeps its own strategy
+            study.enqueue_trial({"strategy": strategy})
+        config = super().suggest(trial_id)
+        self._share.started(trial_id, self._ot_trials[trial_id].user_attrs.get("strategy", strategy))
+        return config
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        if self._share is not None:
+            self._share.finished(trial_id)
         trial = self._ot_trials[trial_id]
         status = (result or {}).get("status")
         if status is None:
@@ -102,6 +127,8 @@ class StudySearcher(OptunaSearch):
             self._record(trial, result)  # type: ignore[arg-type]
         self._completed_trials.add(trial_id)
         self._on_recorded(self._ot_study._storage.get_trial(trial._trial_id))
+        if self._share is not None:
+            self._log(self._share.summary(self._ot_study))
 
     def _record(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
         for key in _NUMERIC_ATTRS:

@@ -22,6 +22,7 @@ from search.objectives import Objective
 from search.searcher import StudySearcher, define_space
 from search.strategies import Strategy
 from search.studydb import existing_trials, fail_running, make_sampler, open_storage, remaining_trials, settle_interrupted
+from search.timeshare import TimeShare
 from search.trial import TrialSpec, make_trainable
 
 
@@ -45,18 +46,24 @@ def run_study(
     spec: TrialSpec,
     sampler: str,
     seed: int,
-    total: int,
+    total: int | None,
     full_relus: int,
     execution: Execution,
     on_recorded: Callable[[FrozenTrial], None],
     log: Callable[[str], None] = print,
+    minutes_per_strategy: float | None = None,
 ) -> optuna.Study:
-    """Run (or continue) the study until it has ``total`` finished trials, on the Ray this process
-    is connected to (:func:`search.cluster.connect`); returns the study."""
+    """Run (or continue) the study until it has ``total`` finished trials or, with
+    ``minutes_per_strategy``, every strategy has used that much compute time (whichever comes first;
+    ``total`` None: no cap), on the Ray this process is connected to (:func:`search.cluster.connect`);
+    returns the study."""
     from ray import tune
 
     storage = open_storage(storage_url)
     resources = cluster.fit_resources(execution.cpus_per_trial, execution.gpus_per_trial, log)
+    share = None
+    if minutes_per_strategy is not None:  # a running trial uses a GPU's wall time, or each CPU it holds
+        share = TimeShare(list(strategies), minutes_per_strategy * 60, 1.0 if resources.gpus else resources.cpus)
     searcher = StudySearcher(
         define_space(strategies, spec.budget or full_relus),
         objectives,
@@ -65,13 +72,21 @@ def run_study(
         storage,
         spec.budget,
         on_recorded,
+        share,
+        log,
     )
     study = searcher.study
     settle_interrupted(study)
-    remaining = remaining_trials(study, total)
+    remaining = remaining_trials(study, total) if total is not None else -1  # -1: until the time share ends it
     concurrency = execution.concurrency or max(1, int(_cluster_cpus() // resources.cpus))
+    if share is not None and share.next_strategy(study) is None:
+        log(f"every strategy has used its {minutes_per_strategy:g} min of compute time: no trial to run")
+        remaining = 0
     if remaining:
-        log(f"running {remaining} trial(s), up to {concurrency} at a time")
+        planned = f"{remaining} trial(s)" if remaining > 0 else "trials"
+        if share is not None:
+            planned += f" until each strategy has used {minutes_per_strategy:g} min of compute time"
+        log(f"running {planned}, up to {concurrency} at a time")
         tuner = tune.Tuner(
             tune.with_resources(make_trainable(spec, start_store(run_dir)), {"cpu": resources.cpus, "gpu": resources.gpus}),
             tune_config=tune.TuneConfig(

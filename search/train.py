@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -76,9 +76,14 @@ DEFAULT_TEACHER_CONFIGS: dict[str, TrainConfig] = {
 }
 
 
-def teacher_config(dataset: str) -> TrainConfig:
-    """The default full-ReLU training recipe for ``dataset``."""
-    return DEFAULT_TEACHER_CONFIGS.get(dataset, TrainConfig())
+def teacher_config(dataset: str, epochs: int | None = None) -> TrainConfig:
+    """The full-ReLU training recipe for ``dataset``: its default, with ``epochs`` when given."""
+    recipe = DEFAULT_TEACHER_CONFIGS.get(dataset, TrainConfig())
+    if epochs is None:
+        return recipe
+    if epochs < 1:
+        raise SearchError(f"bad value {epochs} for teacher epochs: expected an integer >= 1")
+    return replace(recipe, epochs=epochs)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import os
+import resource
 import tempfile
 import time
 import traceback
@@ -73,7 +74,7 @@ def blank_metrics(spec: TrialSpec) -> dict[str, Any]:
     metrics: dict[str, Any] = {name: nan for name in spec.objectives}
     metrics.update(
         status="failed", reason="", strategy="", options="{}", relus=nan, val_acc=nan, test_acc=nan,
-        latency_s=nan, communication_mb=nan, seconds=nan, feasible=False, model_path="", node_ip="",
+        latency_s=nan, communication_mb=nan, seconds=nan, compute_seconds=nan, feasible=False, model_path="", node_ip="",
     )
     return metrics
 
@@ -150,6 +151,13 @@ def _with_objectives(metrics: dict[str, Any], spec: TrialSpec) -> dict[str, Any]
     return metrics
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its waited-for children (the trial's own
+    process under search.limits)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
     """The Tune function trainable: run the trial (in a child process held to the limits when the
     spec has any, see :mod:`search.limits`), hand its files to ``store``, report once."""
@@ -165,12 +173,15 @@ def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
         threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         os.environ["OMP_NUM_THREADS"] = str(threads)  # children (search.limits) inherit it
         torch.set_num_threads(threads)
+        on_gpu = spec.device != "cpu" and torch.cuda.is_available()  # as pick_device decides
+        wall, cpu = time.perf_counter(), _cpu_seconds()
         if spec.timeout_s or spec.memory_mb:
             from search.limits import run_limited
 
             metrics, payload = run_limited(spec, decided, lines, _node_ip())
         else:
             metrics, payload = run_one(spec, decided, lines, _node_ip())
+        metrics["compute_seconds"] = time.perf_counter() - wall if on_gpu else _cpu_seconds() - cpu
         ray.get(store.save.remote(int(decided["number"]), payload, "\n".join(lines) + "\n"))
         tune.report(metrics)
 

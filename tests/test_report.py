@@ -326,3 +326,10 @@ def test_html_plot_renders_one_trace_per_strategy_in_chromium(run_a: Path, run_b
     assert attrs["data-rendered-traces"] == "5"
     legend = re.findall(r'class="legendtext"[^>]*>([^<]+)<', result.stdout)
     assert legend == ["snl", "deepreduce", "cryptonas"]
+
+
+def test_compute_time_prefers_recorded_cpu_time(tmp_path: Path) -> None:
+    """A trial's compute_seconds counts where recorded; older trials fall back to their wall time."""
+    run = make_run(tmp_path / "run", STUDY_B, ["cryptonas"], "study-cpu", more_attrs={0: {"compute_seconds": 30.0}})
+    (series,) = make_report([run]).series
+    assert series.compute_s == pytest.approx(30.0 + 61.0)

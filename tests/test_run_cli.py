@@ -136,3 +136,20 @@ def test_set_routes_model_and_fixed_strategy_options(tmp_path: Path, capsys: pyt
     assert settings.extra["fixed_options"] == {QUICK: {"epochs": 3}, coarse: {"off": 2}}
     assert "unknown option 'nope'" in fails(["--strategy", f"{QUICK},{coarse}", "--set", "quick.nope=1",
                                              "--run-dir", str(tmp_path / "c")], capsys)
+
+
+def test_progress_line_shows_the_options_the_trial_ran_with() -> None:
+    """A fixed --set option overrides the sampled value; the line shows the value that was used."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from search.run import describe_trial
+
+    trial = create_trial(
+        state=TrialState.COMPLETE, values=[0.5, 100.0],
+        params={"snl/lr": 0.0003, "snl/lam": 0.002},
+        distributions={"snl/lr": FloatDistribution(1e-4, 1e-1, log=True), "snl/lam": FloatDistribution(1e-5, 1e-1, log=True)},
+        user_attrs={"strategy": "snl", "options": {"lr": 0.01, "lam": 0.002}, "seconds": 3.0},
+    )
+    line = describe_trial(trial, ["accuracy", "relus"])
+    assert "lr=0.01," in line and "lam=0.002" in line and "0.0003" not in line

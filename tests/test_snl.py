@@ -16,7 +16,7 @@ import search.strategies.snl as snl_module
 from search.checkpoint import load_model
 from search.data import Loader, load_dataset
 from search.errors import SearchError
-from search.masked_relu import soft_masked_relu
+from search.masked_relu import fused_backward, soft_masked_relu
 from search.pipeline import Job, execute, prepare
 from search.relu import relu_count, sites, trace_shapes
 from search.spaces import build_model
@@ -170,20 +170,39 @@ def test_select_top_keeps_highest_channels_within_budget():
             assert min(kept_scores) >= max(dropped_scores)
 
 
+def test_fused_soft_mask_kernel_builds_here():
+    """The CPU fast path is compiled on this machine (it has a C++ compiler), not silently skipped."""
+    assert fused_backward() is not None
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "aten"])
 @pytest.mark.parametrize("shape", [(4, 3, 5), (4, 1, 1), (1, 1, 1)])
-def test_soft_mask_kernel_matches_released_formula(shape):
+def test_soft_mask_kernel_matches_released_formula(shape, fused):
     torch.manual_seed(0)
     x = torch.randn(6, 4, 3, 5, dtype=torch.double, requires_grad=True)
     alpha = (torch.rand(shape, dtype=torch.double) * 1.4 - 0.2).requires_grad_()
-    assert torch.autograd.gradcheck(soft_masked_relu, (x, alpha))
+    assert torch.autograd.gradcheck(lambda a, b: soft_masked_relu(a, b, fused=fused), (x, alpha))
+    x = x.detach()
+    x[0, 0, 0, :2] = 0.0  # at the kink, ReLU's convention (autograd's gradient of relu at 0 is 0)
+    x.requires_grad_()
     reference = torch.relu(x) * alpha + (1 - alpha) * x
-    out = soft_masked_relu(x, alpha)
+    out = soft_masked_relu(x, alpha, fused=fused)
     grad = torch.randn_like(out)
     expected = torch.autograd.grad(reference, (x, alpha), grad)
     got = torch.autograd.grad(out, (x, alpha), grad)
     torch.testing.assert_close(out, reference)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
+
+
+def test_fused_kernel_with_a_frozen_mask_and_float32():
+    torch.manual_seed(1)
+    x = torch.randn(64, 8, 6, 6, requires_grad=True)
+    alpha = torch.rand(8, 6, 6)
+    grad = torch.randn(64, 8, 6, 6)
+    (fused,) = torch.autograd.grad(soft_masked_relu(x, alpha), x, grad)
+    (aten,) = torch.autograd.grad(soft_masked_relu(x, alpha, fused=False), x, grad)
+    torch.testing.assert_close(fused, aten)
 
 
 def test_suggest_is_define_by_run_with_namespaced_names(tmp_path):

@@ -310,6 +310,13 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _compute_seconds(row: TrialRow) -> float:
+    """The trial's recorded compute time (CPU time, or wall time on a GPU); its wall time when older
+    runs did not record it."""
+    recorded = _number(row.attrs.get("compute_seconds"))
+    return recorded if recorded is not None else (row.seconds or 0.0)
+
+
 def _seconds(trial: FrozenTrial) -> float | None:
     seconds = _number(trial.user_attrs.get("seconds"))
     if seconds is None and trial.datetime_start and trial.datetime_complete:
@@ -359,7 +366,7 @@ def _series(runs: Sequence[RunData], rows: list[TrialRow], reference_relus: int)
                 rerun=sum(1 for r in mine if r.state == "FAIL" and (r.run, r.number) in rerun),
                 over_budget=sum(1 for r in mine if r.over_budget),
                 unfinished=sum(1 for r in mine if r.state in ("RUNNING", "WAITING")),
-                compute_s=sum(r.seconds or 0.0 for r in mine),
+                compute_s=sum(_compute_seconds(r) for r in mine),
                 front=front,
                 hypervolume=front_hypervolume(front, reference_relus),
                 best_acc=max((r.val_acc for r in eligible), default=None),  # type: ignore[type-var]

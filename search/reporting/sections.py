@@ -81,7 +81,8 @@ def _strategies(report: Report) -> Section:
         )
         for s in report.series
     )
-    note = "Compute time is the sum of the trials' own wall time (training and evaluation), failed trials included."
+    note = ("Compute time is the sum of the trials' compute time (CPU time of the trial's processes, all threads; wall time "
+            "on a GPU; wall time for trials of runs that did not record it), failed trials included.")
     reruns = sum(s.rerun for s in report.series)
     if reruns:
         note += f" {reruns} trial(s) interrupted by a killed run and rerun by --resume are not counted as failed."

@@ -1,0 +1,49 @@
+"""``python -m search.train_teacher``: train (or find) the cached full-ReLU teacher ahead of a study.
+
+Every strategy distils from the same teacher, which the first trial that needs it would otherwise
+train while the others wait on its lock. Training it first keeps that cost out of the trials, and
+out of a strategy's share under ``search.run --minutes-per-strategy``. The cache key is the one the
+trials compute (:func:`search.teacher.teacher_key`), so give the same model, ``--set`` options, data
+and ``--teacher-epochs`` as the study.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from search.cli import ArgumentParser, add_data_arguments, add_model_arguments, run_main
+from search.data import dataset_info, load_dataset
+from search.settings import split_settings
+from search.teacher import get_teacher
+from search.train import pick_device, seed_everything, teacher_config
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m search.train_teacher",
+        description="Train the full-ReLU teacher of a model and dataset into the teacher cache (or report the cached one), "
+        "with the recipe the study's trials use. Ends with: teacher val_acc=A test_acc=T path=P",
+    )
+    add_model_arguments(parser)
+    add_data_arguments(parser)
+    parser.add_argument("--teacher-epochs", type=int, help="epochs (default: the dataset's recipe, as in search.run)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--cache-dir", help="teacher cache (default: $SEARCH_CACHE_DIR or ~/.cache/search)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    info = dataset_info(args.dataset)
+    model_name = args.model or info.default_model
+    model_options, _ = split_settings(args.sets, model_name, None)
+    recipe = teacher_config(info.name, args.teacher_epochs)
+    data = load_dataset(info.name, args.data_dir, args.download)
+    seed_everything(0)
+    _, record = get_teacher(model_name, model_options, data, recipe, pick_device(args.device), args.cache_dir)
+    print(f"teacher val_acc={record['val_acc']:.4f} test_acc={record['test_acc']:.4f} path={record['path']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
