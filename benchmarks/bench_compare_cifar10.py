@@ -31,10 +31,11 @@ from typing import Any
 
 from benchmarks.common import machine
 from search.reporting.load import load_runs
-from search.reporting.model import Report, TrialRow, build_report
+from search.reporting.model import Report, build_report
+from search.teacher import default_cache_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARES = (0.05, 0.10, 0.25)  # of the full ReLU count
+SHARES = (0.05, 0.10, 0.25)  # of the full ReLU count: rungs of the report's ReLU ladder
 # Short schedules, fixed for the whole study (everything else each strategy samples).
 SCHEDULES = (
     "snl.max_epochs=6", "snl.finetune_epochs=4", "snl.warmup=1", "snl.lr=0.01",
@@ -58,27 +59,21 @@ def _stream(command: list[str], log: Path) -> str:
     return "".join(lines)
 
 
-def _best_within(rows: list[TrialRow], limit: int) -> TrialRow | None:
-    """The eligible trial with the best validation accuracy among those with at most ``limit`` ReLUs."""
-    within = [r for r in rows if r.eligible and r.relus is not None and r.relus <= limit]
-    return max(within, key=lambda r: (r.val_acc, -(r.relus or 0)), default=None)
-
-
 def summarize(report: Report) -> dict[str, Any]:
-    """Per strategy: its front, hypervolume, compute used and best test accuracy at each share."""
+    """Per strategy: its front, hypervolume, compute used and best test accuracy at each share (the
+    report's ReLU ladder: the best validation accuracy within the share, its test accuracy shown)."""
     full = report.full_relus
+    rungs = {row.relus: row for row in report.relu_ladder.rows}
     result: dict[str, Any] = {"full_relus": full, "strategies": {}}
     for series in report.series:
-        mine = [t for t in report.trials if t.series == series.name]
-        cpu = sum(float(t.attrs.get("compute_seconds", 0.0)) for t in mine)
         at = {}
         for share in SHARES:
-            best = _best_within(mine, int(share * full))
+            best = rungs[math.floor(share * full)].cells.get(series.name)
             at[f"{share:.0%}"] = None if best is None else {"trial": best.number, "relus": best.relus,
                                                             "val_acc": best.val_acc, "test_acc": best.test_acc}
         result["strategies"][series.strategy] = {
             "trials": series.trials, "finished": series.finished, "failed": series.failed, "over_budget": series.over_budget,
-            "cpu_minutes": cpu / 60, "hypervolume": series.hypervolume,
+            "cpu_minutes": series.compute_s / 60, "hypervolume": series.hypervolume,
             "front": [{"trial": t.number, "relus": t.relus, "val_acc": t.val_acc, "test_acc": t.test_acc} for t in series.front],
             "best_at": at,
         }
@@ -112,7 +107,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25, help="resnet18 width (default 0.25: 139,264 ReLUs)")
     parser.add_argument("--minutes", type=float, default=25.0, help="compute minutes per strategy (default 25)")
     parser.add_argument("--budget", default="25%", help="the study's ReLU budget (default 25%%: the low-ReLU regime)")
-    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "search"), help="teacher cache")
+    parser.add_argument("--cache-dir", default=str(default_cache_dir()), help="teacher cache (default: search's own)")
     parser.add_argument("--run-dir", default=f"runs/compare-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

@@ -32,6 +32,7 @@ from search.settings import parse_budget, split_settings
 from search.spaces import build_model
 from search.strategies import Strategy, get_strategy, list_strategies
 from search.studydb import SAMPLERS, make_sampler, open_storage, pareto_trials
+from search.timeshare import check_minutes
 from search.trial import TrialSpec
 
 DEFAULTS: dict[str, Any] = {
@@ -323,8 +324,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise SearchError(f"bad value {args.trial_timeout:g} for --trial-timeout: expected seconds > 0")
     if args.trial_memory is not None and args.trial_memory < 1:
         raise SearchError(f"bad value {args.trial_memory} for --trial-memory: expected MB >= 1")
-    if args.minutes_per_strategy is not None and not args.minutes_per_strategy > 0:
-        raise SearchError(f"bad value {args.minutes_per_strategy:g} for --minutes-per-strategy: expected minutes > 0")
+    if args.minutes_per_strategy is not None:
+        check_minutes(args.minutes_per_strategy)
     if args.trial_retries is not None and args.trial_retries < 0:
         raise SearchError(f"bad value {args.trial_retries} for --trial-retries: expected an integer >= 0")
     return args

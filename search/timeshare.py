@@ -23,12 +23,17 @@ import optuna
 from search.errors import SearchError
 
 
+def check_minutes(minutes: float) -> None:
+    """A ``--minutes-per-strategy`` value, or a SearchError saying what is accepted."""
+    if not minutes > 0:
+        raise SearchError(f"bad value {minutes:g} for --minutes-per-strategy: expected minutes > 0")
+
+
 class TimeShare:
     """The compute time each strategy of a study may use, and what it has used so far."""
 
     def __init__(self, strategies: Sequence[str], seconds_each: float, running_rate: float = 1.0) -> None:
-        if not seconds_each > 0:
-            raise SearchError(f"bad value {seconds_each / 60:g} for --minutes-per-strategy: expected minutes > 0")
+        check_minutes(seconds_each / 60)
         self.strategies = list(strategies)
         self.seconds_each = seconds_each
         self.running_rate = running_rate  # compute seconds a running trial uses per wall second

@@ -170,10 +170,11 @@ def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
         lines: list[str] = []
         # As many torch threads as CPUs reserved: more oversubscribes the node, which on a small CPU
         # machine slows every kernel launch far more than the extra thread gains.
-        threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        assigned = ray.get_runtime_context().get_assigned_resources()
+        threads = max(1, int(assigned.get("CPU", 1)))
         os.environ["OMP_NUM_THREADS"] = str(threads)  # children (search.limits) inherit it
         torch.set_num_threads(threads)
-        on_gpu = spec.device != "cpu" and torch.cuda.is_available()  # as pick_device decides
+        on_gpu = assigned.get("GPU", 0) > 0  # a trial holding a GPU is charged its wall time (search.timeshare)
         wall, cpu = time.perf_counter(), _cpu_seconds()
         if spec.timeout_s or spec.memory_mb:
             from search.limits import run_limited
