@@ -6,7 +6,7 @@ processes hits both equally:
 
   study   ``python -m search.run`` with 2 concurrent trials, one CPU each (a local Ray started and
           stopped by the run, storage, models saved to the run directory);
-  loop    the same decisions in a plain loop in one fresh process calling ``search.trial.run_one``,
+  loop    the same decisions in a plain loop in one fresh process calling ``search.study.trial.run_one``,
           torch on 1 thread (what each Ray trial gets; 2 threads on this loaded 2-core machine was
           six times slower in a first run, so it would flatter the study).
 
@@ -40,7 +40,7 @@ def study_seconds(trials: int, cache: Path, work: Path, index: str, concurrency:
     """Wall time of the whole study command, and the decisions its trials ran (to replay in the loop)."""
     import optuna
 
-    from search import rundir
+    from search.study import rundir
 
     run_dir = work / f"study{index}"
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(ROOT)}
@@ -64,7 +64,7 @@ def loop_seconds(decisions: list[dict], cache: Path, threads: int) -> float:
     """The same trials in a plain loop in a fresh process (imports and data loading included, once)."""
     code = (
         "import sys, time, json, torch; torch.set_num_threads(%d); sys.path.insert(0, %r)\n"
-        "from search.trial import TrialSpec, run_one\n"
+        "from search.study.trial import TrialSpec, run_one\n"
         "spec = TrialSpec('digits', 'resnet_tiny', {}, None, ('accuracy', 'relus'), 'delphi', teacher_epochs=2, cache_dir=%r)\n"
         "for decided in json.loads(sys.argv[1]):\n"
         "    metrics, _ = run_one(spec, decided, [])\n"

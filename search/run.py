@@ -2,7 +2,7 @@
 
 One multi-objective Optuna study (maximize validation accuracy, minimize ReLUs, optionally PI latency
 and communication) over one strategy, several, or all, run by Ray Tune on this machine or a cluster.
-Everything lands in a run directory (see :mod:`search.rundir`); ``--resume`` continues a killed run.
+Everything lands in a run directory (see :mod:`search.study.rundir`); ``--resume`` continues a killed run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search import cluster, rundir
 from search.cli import ArgumentParser, run_main
 from search.data import dataset_info, load_dataset
 from search.errors import SearchError
@@ -31,9 +30,10 @@ from search.relu import relu_table
 from search.settings import parse_budget, split_settings
 from search.spaces import build_model
 from search.strategies import Strategy, get_strategy, list_strategies
-from search.studydb import SAMPLERS, make_sampler, open_storage, pareto_trials
-from search.timeshare import check_minutes
-from search.trial import TrialSpec
+from search.study import cluster, rundir
+from search.study.storage import SAMPLERS, make_sampler, open_storage, pareto_trials
+from search.study.timeshare import check_minutes
+from search.study.trial import TrialSpec
 
 DEFAULTS: dict[str, Any] = {
     "strategy": "snl",
@@ -293,7 +293,7 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
           f"({settings.full_relus:,} ReLUs {'with' if settings.stem_relu else 'without'} the stem ReLU, budget {budget}), "
           f"objectives {', '.join(f'{o.name} ({o.direction})' for o in chosen)}, {_extent(settings)}, sampler {settings.sampler}")
     print(f"run directory {run_dir}, storage {settings.storage}", flush=True)
-    from search.study import Execution, run_study  # imports Ray: only once the input is known to be good
+    from search.study.engine import Execution, run_study  # imports Ray: only once the input is known to be good
 
     execution = Execution(args.cpus_per_trial, args.gpus_per_trial, args.concurrency, args.verbose, args.trial_retries or 0)
     return run_study(

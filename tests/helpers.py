@@ -25,7 +25,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search import rundir
+from search.study import rundir
 from tests.conftest import PROJECT_ROOT
 
 HEAD_IP, WORKER_IP, PORT = "10.213.7.1", "10.213.7.2", 6390

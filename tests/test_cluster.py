@@ -13,7 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from search import rundir
+from search.study import rundir
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import HEAD_IP, WORKER_IP, namespaces, two_node_cluster  # noqa: F401 (namespaces: a fixture)
 

@@ -25,14 +25,25 @@ from pathlib import Path
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from search import rundir
 from search.errors import SearchError
-from search.limits import memory_reason, time_reason
 from search.run import parse_args
-from search.searcher import CRASHED
-from search.studydb import INTERRUPTED, finished
+from search.study import rundir
+from search.study.limits import memory_reason, time_reason
+from search.study.searcher import CRASHED
+from search.study.storage import INTERRUPTED, finished
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import HEAD_IP, WORKER_IP, Cluster, load, namespaces, progress_lines, run, start_run, stop_group, two_node_cluster  # noqa: F401
+from tests.helpers import (  # noqa: F401
+    HEAD_IP,
+    WORKER_IP,
+    Cluster,
+    load,
+    namespaces,
+    progress_lines,
+    run,
+    start_run,
+    stop_group,
+    two_node_cluster,
+)
 
 QUICK = "tests.strategies_for_tests:Quick"
 NAP = "tests.strategies_for_tests:Nap"

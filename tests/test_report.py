@@ -18,10 +18,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from search import rundir
 from search.errors import SearchError
 from search.report import make_report, write_report
-from search.rundir import RunSettings
+from search.study import rundir
+from search.study.rundir import RunSettings
 
 FULL = 10_000
 BUDGET = 6_000

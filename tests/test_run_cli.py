@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from search import rundir
 from search.cli import run_main
 from search.run import build_parser, main
+from search.study import rundir
 from tests.conftest import PROJECT_ROOT
 
 QUICK = "tests.strategies_for_tests:Quick"

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from search.checkpoint import load_model
 from search.objectives import pareto_front
 from search.relu import relu_count
-from search.studydb import INTERRUPTED
+from search.study.storage import INTERRUPTED
 from tests.helpers import load, progress_lines, run, start_run, stop_group
 
 QUICK = "tests.strategies_for_tests:Quick"

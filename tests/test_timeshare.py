@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from search.errors import SearchError
-from search.timeshare import TimeShare
+from search.study.timeshare import TimeShare
 from tests.helpers import load, progress_lines, run
 
 QUICK = "tests.strategies_for_tests:Quick"

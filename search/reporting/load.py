@@ -16,9 +16,9 @@ from urllib.parse import unquote, urlparse
 import optuna
 from optuna.trial import FrozenTrial
 
-from search import rundir
 from search.errors import SearchError
-from search.rundir import RunSettings
+from search.study import rundir
+from search.study.rundir import RunSettings
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 PUBLISHED_FILE = "published_pareto.csv"

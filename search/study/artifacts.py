@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from search.rundir import trial_model_path
+from search.study.rundir import trial_model_path
 
 
 class ArtifactStore:

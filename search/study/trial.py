@@ -5,9 +5,8 @@ The trial never raises for a strategy's failure: it reports a ``status`` (``ok``
 aborts the whole run on a report that lacks a metric, and the searcher needs the reason to record it.
 A strategy whose plan fixes the ReLU count is held to the study's budget before any training (a plan
 over it is ``infeasible``); one whose count only training decides (SNL) trains to the trial's sampled
-``relu_target``. The model and the trial's log go to the
-run directory through the :class:`~search.artifacts.ArtifactStore` actor, so remote nodes need no
-shared filesystem.
+``relu_target``. Nothing here imports Ray: :mod:`search.study.trainable` wraps :func:`run_one` for Ray
+Tune, and :mod:`search.study.limits` runs it in a child process.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import resource
 import tempfile
 import time
 import traceback
@@ -24,14 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from search.data import Dataset, dataset_info, load_dataset
 from search.objectives import cost_model, objectives
 from search.pipeline import Job, execute, prepare
 from search.relu import relu_count
-from search.rundir import trial_model_path
 from search.strategies import PlanNeedsTraining
+from search.study.rundir import trial_model_path
 
 TRIAL_KEY = "_trial"  # config key holding what the searcher decided for this trial
 
@@ -52,20 +47,14 @@ class TrialSpec:
     cache_dir: str | None = None
     device: str = "auto"
     fixed_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    timeout_s: float | None = None  # wall-clock limit of one trial (search.limits)
-    memory_mb: int | None = None  # peak resident memory limit of one trial (search.limits)
+    timeout_s: float | None = None  # wall-clock limit of one trial (search.study.limits)
+    memory_mb: int | None = None  # peak resident memory limit of one trial (search.study.limits)
 
 
 @functools.lru_cache(maxsize=2)
 def _dataset(name: str, data_dir: str | None) -> Dataset:
     """Loaded once per worker process: Tune reuses trial actors, so later trials skip the load."""
     return load_dataset(name, data_dir)
-
-
-def _node_ip() -> str:
-    import ray.util
-
-    return ray.util.get_node_ip_address()
 
 
 def blank_metrics(spec: TrialSpec) -> dict[str, Any]:
@@ -149,43 +138,3 @@ def _with_objectives(metrics: dict[str, Any], spec: TrialSpec) -> dict[str, Any]
         except (TypeError, ValueError):
             metrics[objective.name] = float("nan")
     return metrics
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process (all its threads) and of its waited-for children (the trial's own
-    process under search.limits)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
-    """The Tune function trainable: run the trial (in a child process held to the limits when the
-    spec has any, see :mod:`search.limits`), hand its files to ``store``, report once."""
-
-    def trainable(config: dict[str, Any]) -> None:
-        import ray
-        from ray import tune
-
-        decided = config[TRIAL_KEY]
-        lines: list[str] = []
-        # As many torch threads as CPUs reserved: more oversubscribes the node, which on a small CPU
-        # machine slows every kernel launch far more than the extra thread gains.
-        assigned = ray.get_runtime_context().get_assigned_resources()
-        threads = max(1, int(assigned.get("CPU", 1)))
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # children (search.limits) inherit it
-        torch.set_num_threads(threads)
-        on_gpu = assigned.get("GPU", 0) > 0  # a trial holding a GPU is charged its wall time (search.timeshare)
-        wall, cpu = time.perf_counter(), _cpu_seconds()
-        if spec.timeout_s or spec.memory_mb:
-            from search.limits import run_limited
-
-            metrics, payload = run_limited(spec, decided, lines, _node_ip())
-        else:
-            metrics, payload = run_one(spec, decided, lines, _node_ip())
-        metrics["compute_seconds"] = time.perf_counter() - wall if on_gpu else _cpu_seconds() - cpu
-        ray.get(store.save.remote(int(decided["number"]), payload, "\n".join(lines) + "\n"))
-        tune.report(metrics)
-
-    return trainable
-
-

@@ -2,7 +2,7 @@
 
 A Ray Tune function trial runs in a thread of a long-lived worker process, where nothing can stop it
 safely. Under ``--trial-timeout`` or ``--trial-memory`` the trial therefore runs in a child process
-(``python -m search.limits``) that the Ray worker waits for: past the time limit the worker kills it;
+(``python -m search.study.limits``) that the Ray worker waits for: past the time limit the worker kills it;
 a watchdog thread in the child stops it when its peak resident memory passes the memory limit. Either
 way the trial is reported ``failed`` with a reason naming the limit, and the study goes on.
 
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search.trial import TrialSpec, blank_metrics, run_one
+from search.study.trial import TrialSpec, blank_metrics, run_one
 
 WATCH_INTERVAL_S = 0.1
 _MEMORY_EXIT = 3  # the child's exit code when its watchdog stopped it
@@ -44,14 +44,14 @@ def memory_reason(peak_mb: float, limit_mb: int) -> str:
 
 
 def run_limited(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str = "") -> tuple[dict[str, Any], bytes | None]:
-    """Like :func:`search.trial.run_one`, in a child process held to ``spec.timeout_s`` and
+    """Like :func:`search.study.trial.run_one`, in a child process held to ``spec.timeout_s`` and
     ``spec.memory_mb``; never raises."""
     with tempfile.TemporaryDirectory(prefix="search-limited-") as tmp:
         folder = Path(tmp)
         (folder / "in.json").write_text(json.dumps({"spec": dataclasses.asdict(spec), "decided": decided, "node_ip": node_ip}))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         start = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "search.limits", str(folder)], env=env,
+        child = subprocess.Popen([sys.executable, "-m", "search.study.limits", str(folder)], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             _, stderr = child.communicate(timeout=spec.timeout_s)

@@ -1,6 +1,6 @@
 """The Optuna side of a study, without Ray: samplers, storage, and the trial bookkeeping of resume.
 
-Kept apart from :mod:`search.study` so the command line can check names and storage URLs (and fail
+Kept apart from :mod:`search.study.engine` so the command line can check names and storage URLs (and fail
 in one line) without importing Ray.
 """
 

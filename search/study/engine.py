@@ -1,7 +1,7 @@
 """The study: one multi-objective Optuna study over the chosen strategies, run by Ray Tune.
 
-Optuna decides (define-by-run, in the driver), Ray Tune runs the trials (:mod:`search.trial`) on this
-machine or a cluster, and :class:`search.searcher.StudySearcher` records each result in the study's
+Optuna decides (define-by-run, in the driver), Ray Tune runs the trials (:mod:`search.study.trainable`) on this
+machine or a cluster, and :class:`search.study.searcher.StudySearcher` records each result in the study's
 persistent storage before its progress line is printed. Resuming needs nothing but that storage:
 trials a killed driver left RUNNING are marked FAIL (interrupted) and enqueued again with the same
 parameters, then the study runs until it has its number of finished trials.
@@ -16,14 +16,15 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
-from search import cluster
-from search.artifacts import start_store
 from search.objectives import Objective
-from search.searcher import StudySearcher, define_space
 from search.strategies import Strategy
-from search.studydb import existing_trials, fail_running, make_sampler, open_storage, remaining_trials, settle_interrupted
-from search.timeshare import TimeShare
-from search.trial import TrialSpec, make_trainable
+from search.study import cluster
+from search.study.artifacts import start_store
+from search.study.searcher import StudySearcher, define_space
+from search.study.storage import existing_trials, fail_running, make_sampler, open_storage, remaining_trials, settle_interrupted
+from search.study.timeshare import TimeShare
+from search.study.trainable import make_trainable
+from search.study.trial import TrialSpec
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def run_study(
 ) -> optuna.Study:
     """Run (or continue) the study until it has ``total`` finished trials or, with
     ``minutes_per_strategy``, every strategy has used that much compute time (whichever comes first;
-    ``total`` None: no cap), on the Ray this process is connected to (:func:`search.cluster.connect`);
+    ``total`` None: no cap), on the Ray this process is connected to (:func:`search.study.cluster.connect`);
     returns the study."""
     from ray import tune
 

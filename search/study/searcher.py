@@ -7,11 +7,11 @@ a trial which Optuna trial it is. This subclass (checked against Ray 2.60's sour
 - passes each trial its Optuna trial number, strategy and options (``config["_trial"]``);
 - records every finished trial itself: COMPLETE with values, PRUNED when the plan was over the ReLU
   budget (never in the Pareto front), FAIL with ``fail_reason``, and the user attributes of
-  ``search.rundir.TRIAL_ATTRS``; a constraint ``relus - budget`` (Optuna's ``set_constraint``) lets
+  ``search.study.rundir.TRIAL_ATTRS``; a constraint ``relus - budget`` (Optuna's ``set_constraint``) lets
   the sampler learn where the budget lies;
 - calls ``on_recorded`` with the stored trial only after storage has it, so a progress line never
   runs ahead of the storage;
-- under a :class:`~search.timeshare.TimeShare`, fixes each new trial's strategy to the one that has
+- under a :class:`~search.study.timeshare.TimeShare`, fixes each new trial's strategy to the one that has
   used the least compute time (an enqueued ``strategy`` parameter, so the sampler still samples the
   rest) and tells Tune the search is finished once every strategy has had its time;
 - does not pickle itself into Tune's experiment checkpoints: the Optuna storage is the checkpoint.
@@ -31,9 +31,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.objectives import Objective
 from search.strategies import Strategy
-from search.studydb import INTERRUPTED
-from search.timeshare import TimeShare
-from search.trial import TRIAL_KEY
+from search.study.storage import INTERRUPTED
+from search.study.timeshare import TimeShare
+from search.study.trial import TRIAL_KEY
 
 CRASHED = "the trial's Ray worker died (see the Ray logs of the run)"
 _NUMERIC_ATTRS = ("relus", "val_acc", "test_acc", "latency_s", "communication_mb", "seconds", "compute_seconds")

@@ -82,7 +82,7 @@ class RunSettings:
     created: str
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-    minutes_per_strategy: float | None = None  # compute time each strategy may use (search.timeshare)
+    minutes_per_strategy: float | None = None  # compute time each strategy may use (search.study.timeshare)
 
 
 def storage_url(run_dir: str | os.PathLike[str]) -> str:

@@ -3,7 +3,7 @@ the study is done.
 
 Comparing strategies by trial count favours the cheap ones: a CryptoNAS trial trains one small
 network, an SNL trial trains masks then finetunes. Under a time share every strategy gets the same
-compute time instead. Each finished trial records its ``compute_seconds`` (:mod:`search.trial`: CPU
+compute time instead. Each finished trial records its ``compute_seconds`` (:mod:`search.study.trial`: CPU
 time of the trial's processes on a CPU, wall time on a GPU). A trial still running counts as the larger
 of its elapsed wall time times the CPUs it holds and the average of its strategy's finished trials:
 with several trials at once, counting only elapsed time would let a strategy just under its share

@@ -1,0 +1,18 @@
+"""The study engine: one multi-objective Optuna study over the chosen strategies, run by Ray Tune.
+
+Modules, from the driver down to one trial:
+
+- :mod:`~search.study.engine`: ``run_study``, the Tuner around the searcher;
+- :mod:`~search.study.searcher`: the define-by-run space and the Optuna searcher that records trials;
+- :mod:`~search.study.storage`: samplers, storage URLs, resume bookkeeping (no Ray);
+- :mod:`~search.study.timeshare`: equal compute time per strategy;
+- :mod:`~search.study.cluster`: joining or starting Ray, per-trial resources;
+- :mod:`~search.study.rundir`: the run directory's layout and settings file;
+- :mod:`~search.study.artifacts`: trial files into the run directory from any node;
+- :mod:`~search.study.trainable`: the Ray Tune trainable around one trial;
+- :mod:`~search.study.limits`: one trial in a child process held to time and memory limits;
+- :mod:`~search.study.trial`: one trial through :mod:`search.pipeline` (no Ray).
+
+Nothing here is imported eagerly: the command line checks its input with the Ray-free modules before
+anything imports Ray.
+"""

@@ -1,0 +1,63 @@
+"""The Ray Tune function trainable: one trial on a Ray worker, its files to the run directory.
+
+It runs :func:`search.study.trial.run_one` (in a child process held to the limits when the spec has
+any, see :mod:`search.study.limits`), hands the model and log to the
+:class:`~search.study.artifacts.ArtifactStore` actor, so remote nodes need no shared filesystem, and
+reports once.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Any
+
+import torch
+
+from search.study.limits import run_limited
+from search.study.trial import TRIAL_KEY, TrialSpec, run_one
+
+
+def _node_ip() -> str:
+    import ray.util
+
+    return ray.util.get_node_ip_address()
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its waited-for children (the trial's own
+    process under search.study.limits)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
+    """The Tune function trainable: run the trial (in a child process held to the limits when the
+    spec has any, see :mod:`search.study.limits`), hand its files to ``store``, report once."""
+
+    def trainable(config: dict[str, Any]) -> None:
+        import ray
+        from ray import tune
+
+        decided = config[TRIAL_KEY]
+        lines: list[str] = []
+        # As many torch threads as CPUs reserved: more oversubscribes the node, which on a small CPU
+        # machine slows every kernel launch far more than the extra thread gains.
+        assigned = ray.get_runtime_context().get_assigned_resources()
+        threads = max(1, int(assigned.get("CPU", 1)))
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # children (search.study.limits) inherit it
+        torch.set_num_threads(threads)
+        on_gpu = assigned.get("GPU", 0) > 0  # a trial holding a GPU is charged its wall time (search.study.timeshare)
+        wall, cpu = time.perf_counter(), _cpu_seconds()
+        if spec.timeout_s or spec.memory_mb:
+            metrics, payload = run_limited(spec, decided, lines, _node_ip())
+        else:
+            metrics, payload = run_one(spec, decided, lines, _node_ip())
+        metrics["compute_seconds"] = time.perf_counter() - wall if on_gpu else _cpu_seconds() - cpu
+        ray.get(store.save.remote(int(decided["number"]), payload, "\n".join(lines) + "\n"))
+        tune.report(metrics)
+
+    return trainable
+
+
