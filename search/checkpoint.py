@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,20 @@ def save_model(
     )
 
 
+# What load_model needs of a checkpoint, checked before it is used.
+_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "model": lambda v: isinstance(v, str),
+    "options": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+    "num_classes": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "input_size": lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(n, int) and n >= 1 for n in v),
+    "state_dict": lambda v: isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values()),
+}
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The raw checkpoint dict, or a SearchError saying why the file is not one."""
+    if Path(path).is_dir():
+        raise SearchError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not Path(path).is_file():
         raise SearchError(f"checkpoint {path} does not exist")
     try:
@@ -68,6 +81,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise SearchError(f"{path} is not a search checkpoint: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SearchError(f"{path} is not a search checkpoint (expected format {FORMAT})")
+    for key, ok in _FIELDS.items():
+        if not ok(payload.get(key)):
+            raise SearchError(f"{path} is a damaged search checkpoint: field {key!r} is missing or malformed")
     return payload
 
 

@@ -6,16 +6,22 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from search.errors import SearchError
+from search.errors import RunInterrupted, SearchError
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Run ``main``; a SearchError becomes one ``error:`` line on stderr and exit code 2."""
+    for stream in (sys.stdout, sys.stderr):  # a path or name the terminal cannot encode must not end in a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         code = main(argv)
     except SearchError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except RunInterrupted as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -81,7 +81,7 @@ def load_dataset(
     info = dataset_info(name)
     if not 0 < val_fraction < 1:
         raise SearchError(f"bad value {val_fraction} for val_fraction: expected a number in (0, 1)")
-    root = Path(data_dir or os.environ.get("SEARCH_DATA_DIR", "data")).expanduser()
+    root = data_root(data_dir)
     if name == "digits":
         train, test = _load_digits()
     elif name in ("cifar10", "cifar100"):
@@ -90,6 +90,20 @@ def load_dataset(
         train, test = _load_tinyimagenet(root)
     train, val = _carve(train, val_fraction)
     return Dataset(info, train, val, test)
+
+
+def data_root(data_dir: str | os.PathLike[str] | None) -> Path:
+    """The folder datasets are read from: ``data_dir``, else ``$SEARCH_DATA_DIR``, else ``./data``."""
+    return Path(data_dir or os.environ.get("SEARCH_DATA_DIR", "data")).expanduser()
+
+
+def download_target(name: str, data_dir: str | os.PathLike[str] | None, download: bool) -> Path | None:
+    """The folder :func:`load_dataset` would download ``name`` into, or None when it would not download
+    (so a dry run can say so instead of downloading)."""
+    if not download or name not in ("cifar10", "cifar100"):
+        return None
+    folder = _cifar_folder(name, data_root(data_dir))
+    return None if folder.is_dir() else folder.parent
 
 
 def _carve(split: Split, fraction: float) -> tuple[Split, Split]:

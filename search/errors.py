@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class SearchError(Exception):
     """A problem with the user's input or environment, reported as one line."""
+
+
+class RunInterrupted(Exception):
+    """The user stopped a run (Ctrl-C) after it started; the message says how to resume. Exit 130."""

@@ -17,6 +17,8 @@ from search.settings import describe_options, split_settings
 from search.spaces import build_model
 from search.strategies import get_strategy
 
+MAX_INPUT_ELEMENTS = 3 * 2048 * 2048  # 60x ImageNet's 3x224x224; a ResNet's activations on it take several GB
+
 
 def format_table(rows: Sequence[SiteCount], per_site: bool = False) -> str:
     """The ReLU table as text: one line per stage (or per site), with shares of the total."""
@@ -38,6 +40,18 @@ def format_table(rows: Sequence[SiteCount], per_site: bool = False) -> str:
     return "\n".join(lines)
 
 
+def check_input_size(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``shape`` unless one input of it is too large to count on: the count runs the model once on
+    it, and activations many times the input's size would exhaust memory instead of saying why."""
+    elements = shape[0] * shape[1] * shape[2]
+    if elements > MAX_INPUT_ELEMENTS:
+        raise SearchError(
+            f"input {'x'.join(map(str, shape))} has {elements:,} elements; at most {MAX_INPUT_ELEMENTS:,} "
+            "(e.g. 3x2048x2048) can be counted"
+        )
+    return shape
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="python -m search.inspect",
@@ -54,24 +68,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sites", action="store_true", help="one row per ReLU site instead of per stage")
     args = parser.parse_args(argv)
 
-    if args.checkpoint:
-        if args.strategy or args.sets or args.model:
+    if args.checkpoint is not None:
+        if args.strategy is not None or args.sets or args.model is not None:
             raise SearchError("--checkpoint shows the saved model as it is: omit --model, --set and --strategy")
         model, payload = load_model(args.checkpoint)
-        input_size = tuple(payload["input_size"])
+        input_size = check_input_size(tuple(payload["input_size"]))
         rows = relu_table(model, input_size)
         print(f"checkpoint {args.checkpoint}: model {payload['model']} ({describe_options(payload['options'])}), "
               f"input {'x'.join(map(str, input_size))}")
         print(format_table(rows, per_site=args.sites))
         print(f"total_relus={sum(r.active for r in rows)}")
         return 0
-    info = dataset_info(args.dataset) if args.dataset else None
-    input_size = info.input_shape if info else parse_input_shape(args.input)
+    info = dataset_info(args.dataset) if args.dataset is not None else None
+    input_size = info.input_shape if info else check_input_size(parse_input_shape(args.input))
     num_classes = info.num_classes if info else 10
-    model_name = args.model or (info.default_model if info else None)
+    model_name = args.model if args.model is not None else (info.default_model if info else None)
     if model_name is None:
         raise SearchError("--model is required with --input")
-    strategy = get_strategy(args.strategy) if args.strategy else None
+    strategy = get_strategy(args.strategy) if args.strategy is not None else None
     model_options, strategy_raw = split_settings(args.sets, model_name, strategy)
     if strategy is not None:
         options = strategy.parse_options(strategy_raw)

@@ -1,20 +1,28 @@
 """``python -m search.linearize``: one strategy, one model, one budget, no study.
 
 Ends with the line ``relus=N val_acc=A test_acc=T`` (accuracies as fractions); ``--out`` saves the
-weights and masks, loadable with ``search.checkpoint.load_model``.
+weights and masks, loadable with ``search.checkpoint.load_model``. Every input, output paths included,
+is checked before anything trains; ``--dry-run`` stops there and says what a run would do.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
 
 from search.cli import ArgumentParser, add_data_arguments, add_model_arguments, run_main
-from search.data import dataset_info
+from search.data import dataset_info, load_dataset
+from search.dryrun import check_data, teacher_status
 from search.options import declared_options, describe
-from search.pipeline import Job, execute, full_relu_count, prepare
-from search.settings import parse_budget, split_settings
+from search.outputs import cache_option, check_writable_dir, check_writable_file
+from search.pipeline import Job, Prepared, execute, full_relu_count, prepare
+from search.preflight import check_device, check_seed
+from search.settings import describe_options, parse_budget, split_settings
 from search.strategies import get_strategy, list_strategies
+from search.teacher import default_cache_dir
+from search.train import teacher_config
 
 
 def strategies_help() -> str:
@@ -40,6 +48,13 @@ def _show_default(value: object) -> str:
     return str(value)
 
 
+def _show_options(options: object) -> str:
+    """Every option a strategy will use, as ``--set`` would spell it (dataclass options; else its repr)."""
+    if not is_dataclass(options) or isinstance(options, type):
+        return repr(options)
+    return ", ".join(f"{k}={_show_default(v)}" for k, v in asdict(options).items()) or "none"
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="python -m search.linearize",
@@ -55,20 +70,46 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", help="save the linearized model (weights and masks) here")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the data split is fixed)")
     parser.add_argument("--teacher-epochs", type=int, help="epochs for the cached full-ReLU teacher (default per dataset)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     parser.add_argument("--cache-dir", help="teacher cache (default: $SEARCH_CACHE_DIR or ~/.cache/search)")
+    parser.add_argument("--dry-run", action="store_true", help="check every input as a run would and print what it "
+                        "would do (model, ReLUs, budget, plan, data, teacher); train and write nothing")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prepared, out, cache_dir = checked_job(args)
+    job = prepared.job
+    header = (f"{job.strategy} on {prepared.model_name}/{job.dataset}: {prepared.full_relus:,} ReLUs, "
+              f"budget {f'{job.budget:,}' if job.budget else 'none'}")
+    if args.dry_run:
+        print(f"dry run (nothing is trained or written): {header}")
+        print_dry_run(prepared, out, cache_dir)
+        return 0
+    print(header)
+    data = load_dataset(job.dataset, job.data_dir, job.download)  # missing or corrupt files fail before training
+    result = execute(prepared, data=data)
+    print(result.summary_line())
+    return 0
+
+
+def checked_job(args: argparse.Namespace) -> tuple[Prepared, Path | None, Path]:
+    """The job the command line asks for, every value and output path checked; nothing trained."""
     strategy = get_strategy(args.strategy)
-    model_name = args.model or dataset_info(args.dataset).default_model
+    info = dataset_info(args.dataset)
+    model_name = args.model if args.model is not None else info.default_model
     model_options, strategy_options = split_settings(args.sets, model_name, strategy)
-    budget = parse_budget(args.budget, full_relu_count(model_name, model_options, args.dataset))
+    budget = parse_budget(args.budget, full_relu_count(model_name, model_options, info.name))
+    check_device(args.device)
+    check_seed(args.seed)
+    # Output paths before anything trains: a result that cannot be saved is lost.
+    out = check_writable_file(args.out, "--out") if args.out is not None else None
+    cache_dir = check_writable_dir(args.cache_dir if args.cache_dir is not None else default_cache_dir(),
+                                   cache_option(args.cache_dir))
     job = Job(
         strategy=args.strategy,
-        dataset=args.dataset,
+        dataset=info.name,
         model=model_name,
         budget=budget,
         model_options=model_options,
@@ -78,14 +119,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         teacher_epochs=args.teacher_epochs,
         device=args.device,
-        cache_dir=args.cache_dir,
+        cache_dir=str(cache_dir),
         out=args.out,
     )
-    prepared = prepare(job)
-    print(f"{args.strategy} on {model_name}/{args.dataset}: {prepared.full_relus:,} ReLUs, budget {budget or 'none'}")
-    result = execute(prepared)
-    print(result.summary_line())
-    return 0
+    return prepare(job), out, cache_dir
+
+
+def print_dry_run(prepared: Prepared, out: Path | None, cache_dir: Path) -> None:
+    """What a run would do, after the checks the run makes before training (the strategy's own
+    included) and reading the data as the run would."""
+    job, strategy, info = prepared.job, prepared.strategy, dataset_info(prepared.job.dataset)
+    plan = strategy.preview(prepared.model_name, prepared.model_options, info, job.budget, prepared.options)
+    data, data_line = check_data(job.dataset, job.data_dir, job.download)
+    print(f"model options: {describe_options(prepared.model_options)}")
+    print(f"strategy options: {_show_options(prepared.options)}")
+    print(f"plan: {plan}")
+    print(data_line)
+    if strategy.uses_teacher(prepared.options):
+        recipe = teacher_config(job.dataset, job.teacher_epochs)
+        print(teacher_status(prepared.model_name, prepared.model_options, data, recipe, cache_dir))
+    else:
+        print("teacher: not used with these options")
+    print(f"output: {out if out is not None else 'none (no --out)'}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +20,10 @@ from search.errors import SearchError
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+
+
+class _NotFinite(SearchError):
+    """A float option given NaN or an infinity."""
 
 
 def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:
@@ -93,6 +98,8 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
                 continue
             try:
                 return coerce(key, value, arg)
+            except _NotFinite as err:
+                bad = err  # "1e400" is a number, just not a usable one: say that, not "expected a number"
             except SearchError:
                 continue
         raise bad
@@ -125,9 +132,12 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, bool):
             raise bad
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise bad from None
+        if not math.isfinite(number):  # no option here means anything at NaN or infinity
+            raise _NotFinite(f"bad value {value!r} for {key}: expected a finite number")
+        return number
     if hint is str:
         return str(value)
     return value

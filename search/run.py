@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
+import re
 import sys
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -23,17 +26,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.cli import ArgumentParser, run_main
 from search.data import dataset_info, load_dataset
-from search.errors import SearchError
+from search.errors import RunInterrupted, SearchError
 from search.objectives import COST_PRESETS, Objective, cost_model, objectives
+from search.outputs import cache_option, check_writable_dir
 from search.pipeline import full_relu_count
 from search.relu import relu_table
 from search.settings import parse_budget, split_settings
 from search.spaces import build_model
 from search.strategies import Strategy, get_strategy, list_strategies
 from search.study import cluster, rundir
-from search.study.storage import SAMPLERS, make_sampler, open_storage, pareto_trials
+from search.study.storage import SAMPLERS, check_storage, check_study, create_study, make_sampler, open_storage, pareto_trials
 from search.study.timeshare import check_minutes
 from search.study.trial import TrialSpec
+from search.teacher import default_cache_dir
 
 DEFAULTS: dict[str, Any] = {
     "strategy": "snl",
@@ -112,6 +117,8 @@ def build_parser() -> ArgumentParser:
     where.add_argument("--device", default="auto", help="device inside a trial: auto (CUDA when the trial has a GPU), cpu, cuda")
     parser.add_argument("--config", metavar="FILE", help="YAML file of options, keyed by their long names (e.g. strategy: snl, "
                         "trial-timeout: 600, set: [width=0.5]); options on the command line override it")
+    parser.add_argument("--dry-run", action="store_true", help="check every option, the data, the run directory and the storage, "
+                        "print what would run, and stop: nothing is written, Ray is not started")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Ray's and Optuna's own logs and the trials' output")
     return parser
 
@@ -279,7 +286,8 @@ def write_report(run_dir: Path) -> None:
     print(f"report: {run_dir / 'report.html'}")
 
 
-def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, strategies: dict[str, Strategy], chosen: list[Objective]) -> Any:
+def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, strategies: dict[str, Strategy], chosen: list[Objective],
+         resources: cluster.Resources) -> Any:
     """Announce the study and run it on the connected Ray; returns the Optuna study."""
     spec = TrialSpec(
         dataset=settings.dataset, model=settings.model, model_options=settings.model_options, budget=settings.budget,
@@ -295,7 +303,7 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
     print(f"run directory {run_dir}, storage {settings.storage}", flush=True)
     from search.study.engine import Execution, run_study  # imports Ray: only once the input is known to be good
 
-    execution = Execution(args.cpus_per_trial, args.gpus_per_trial, args.concurrency, args.verbose, args.trial_retries or 0)
+    execution = Execution(resources, args.concurrency, args.verbose, args.trial_retries or 0)
     return run_study(
         run_dir, settings.study_name, settings.storage, strategies, chosen, spec, settings.sampler, settings.seed,
         settings.trials, settings.full_relus, execution, on_recorded=lambda t: print(describe_trial(t, settings.objectives), flush=True),
@@ -320,8 +328,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if args.concurrency is not None and args.concurrency < 1:
         raise SearchError(f"bad value {args.concurrency} for --concurrency: expected an integer >= 1")
-    if args.trial_timeout is not None and not args.trial_timeout > 0:
+    if args.trial_timeout is not None and not 0 < args.trial_timeout < math.inf:
         raise SearchError(f"bad value {args.trial_timeout:g} for --trial-timeout: expected seconds > 0")
+    if not 0 < args.cpus_per_trial < math.inf:
+        raise SearchError(f"bad value {args.cpus_per_trial:g} for --cpus-per-trial: expected a number of CPUs > 0")
+    if not args.address and args.cpus_per_trial > (os.cpu_count() or 1):
+        raise SearchError(f"--cpus-per-trial {args.cpus_per_trial:g} is more than this machine's {os.cpu_count()} CPUs")
+    if args.gpus_per_trial is not None and not 0 <= args.gpus_per_trial < math.inf:
+        raise SearchError(f"bad value {args.gpus_per_trial:g} for --gpus-per-trial: expected a number of GPUs >= 0")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", args.device):
+        raise SearchError(f"bad value {args.device!r} for --device: expected auto, cpu, cuda, cuda:N or mps")
+
     if args.trial_memory is not None and args.trial_memory < 1:
         raise SearchError(f"bad value {args.trial_memory} for --trial-memory: expected MB >= 1")
     if args.minutes_per_strategy is not None:
@@ -384,21 +401,36 @@ def _config_value(path: str, key: str, value: Any, action: argparse.Action) -> A
     return str(value)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+@dataclass
+class Plan:
+    """A validated run: everything is known and checked, nothing is written yet."""
+
+    run_dir: Path
+    settings: rundir.RunSettings
+    strategies: dict[str, Strategy]
+    objectives: list[Objective]
+    new: bool
+
+
+def plan_run(args: argparse.Namespace) -> Plan:
+    """Check every input (names, numbers, paths, storage, data) without writing anything or starting Ray."""
     if args.address:
         cluster.check_reachable(args.address)
     if args.resume:
         if not args.run_dir:
             raise SearchError("--resume needs --run-dir: the run directory to continue")
         run_dir = Path(args.run_dir)
+        rundir.check_not_in_use(run_dir)
         settings = check_resume(args, rundir.read_settings(run_dir))
-        rundir.check_writable(run_dir)
-        if args.storage and args.storage != settings.storage:
+        if args.storage and rundir.absolute_storage(args.storage) != settings.storage:
             raise SearchError(f"--resume: the run in {run_dir} stores its study in {settings.storage}, not {args.storage}")
+        rundir.check_writable(run_dir)
+        check_storage(settings.storage, must_exist=True)
+        check_study(open_storage(settings.storage), settings.study_name, settings.storage)
     else:
         run_dir = Path(args.run_dir or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-        settings = new_settings(args, run_dir, args.storage or rundir.storage_url(run_dir))
+        storage = rundir.absolute_storage(args.storage) if args.storage else rundir.storage_url(run_dir)
+        settings = new_settings(args, run_dir, storage)
     strategies = resolve_strategies(",".join(settings.strategies))
     chosen = objectives(settings.objectives, cost_model(settings.cost_model))
     if [o.name for o in chosen] != settings.objectives:
@@ -406,22 +438,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_dataset(settings.dataset, args.data_dir)  # missing or corrupt data fails here, not in every trial
     if not args.resume:
         rundir.check_new_run_dir(run_dir)
-    open_storage(settings.storage)
-    cluster.quiet(args.verbose)
-    started = cluster.connect(args.address, args.verbose)
-    try:
-        rundir.write_settings(run_dir, settings)
-        study = _run(args, run_dir, settings, strategies, chosen)
-    finally:
-        if started:
-            cluster.disconnect()
-    front = pareto_trials(study, chosen)
+        check_storage(settings.storage, must_exist=False)
+    check_writable_dir(args.cache_dir if args.cache_dir is not None else default_cache_dir(), cache_option(args.cache_dir))
+    return Plan(run_dir, settings, strategies, chosen, new=not args.resume)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = plan_run(args)
+    if args.dry_run:
+        print(f"dry run: {describe_plan(plan)}; nothing written")
+        return 0
+    run_dir, settings = plan.run_dir, plan.settings
+    with rundir.claim(run_dir, new=plan.new) as lock:
+        cluster.quiet(args.verbose)
+        started = cluster.connect(args.address, args.verbose)
+        try:
+            resources = cluster.fit_resources(args.cpus_per_trial, args.gpus_per_trial, lambda m: print(m, file=sys.stderr))
+            if plan.new:  # run.json only once its study exists: from here on the directory can be resumed
+                create_study(settings.storage, settings.study_name, settings.directions)
+                rundir.write_settings(run_dir, settings)
+            study = _run(args, run_dir, settings, plan.strategies, plan.objectives, resources)
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"interrupted; resume with: python -m search.run --resume --run-dir {run_dir}") from None
+        finally:
+            if started:
+                cluster.disconnect()
+        lock.release()
+    front = pareto_trials(study, plan.objectives)
     counts = {s.name: sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     print(f"\n{counts['COMPLETE']} complete, {counts['PRUNED']} infeasible, {counts['FAIL']} failed; "
           f"Pareto-optimal trials ({len(front)}):")
-    print(pareto_table(front, chosen) if front else "(none: no trial completed)")
+    print(pareto_table(front, plan.objectives) if front else "(none: no trial completed)")
     write_report(run_dir)
     return 0
+
+
+def describe_plan(plan: Plan) -> str:
+    settings = plan.settings
+    budget = f"{settings.budget:,}" if settings.budget else "none"
+    verb = "would resume" if not plan.new else "would run"
+    return (f"{verb} {', '.join(settings.strategies)} on {settings.model}/{settings.dataset} ({settings.full_relus:,} ReLUs, "
+            f"budget {budget}), objectives {', '.join(settings.objectives)}, {_extent(settings)}, sampler {settings.sampler}, "
+            f"in {plan.run_dir} (storage {settings.storage})")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,14 +43,22 @@ def split_settings(
 
 
 def parse_budget(text: str | int | None, full: int) -> int | None:
-    """A ReLU budget: a count, or a percentage of the model's full count (``"10%"``)."""
+    """A ReLU budget: a count, or a percentage of the model's full count (``"10%"``).
+
+    A count must be a whole number (``50000``, ``5e4``, ``50,000``); a percentage rounds down to a
+    count. Non-finite numbers are refused here rather than overflowing in the conversion.
+    """
     if text is None:
         return None
     raw = str(text).strip().replace(",", "").replace("_", "")
+    percent = raw.endswith("%")
     try:
-        budget = int(float(raw[:-1]) / 100 * full) if raw.endswith("%") else int(float(raw))
+        number = float(raw[:-1] if percent else raw)
     except ValueError:
-        raise SearchError(f"bad budget {text!r}: expected a ReLU count or a percentage such as 10%") from None
+        number = math.nan
+    if not math.isfinite(number) or (not percent and not number.is_integer()):
+        raise SearchError(f"bad budget {text!r}: expected a whole ReLU count or a percentage such as 10%")
+    budget = int(number / 100 * full) if percent else int(number)
     if budget <= 0 or budget > full:
         raise SearchError(f"budget {text} is out of range: expected 1..{full:,} (the model's full ReLU count) or 0-100%")
     return budget

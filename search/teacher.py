@@ -22,7 +22,7 @@ from torch import nn
 from search.checkpoint import load_model, save_model
 from search.data import Dataset, Loader
 from search.spaces import build_model
-from search.train import TrainConfig, evaluate, fit
+from search.train import TrainConfig, evaluate, fit, preserved_rng
 
 CACHE_VERSION = 1
 
@@ -60,7 +60,25 @@ def get_teacher(
     cache_dir: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained full-ReLU teacher and its record (key, val/test accuracy, whether it was cached)."""
+    """The trained full-ReLU teacher and its record (key, val/test accuracy, whether it was cached).
+
+    Training reseeds and draws from the global RNGs and loading builds a model (drawing its init), so
+    both run under :func:`preserved_rng`: the caller's streams are the same whether the cache was
+    cold or warm.
+    """
+    with preserved_rng(device):
+        return _fetch_teacher(model_name, model_options, data, config, device, cache_dir, log)
+
+
+def _fetch_teacher(
+    model_name: str,
+    model_options: dict[str, Any],
+    data: Dataset,
+    config: TrainConfig,
+    device: torch.device,
+    cache_dir: str | os.PathLike[str] | None,
+    log: Callable[[str], None],
+) -> tuple[nn.Module, dict[str, Any]]:
     folder = Path(cache_dir or default_cache_dir()) / "teachers"
     folder.mkdir(parents=True, exist_ok=True)
     key = teacher_key(model_name, model_options, data, config)

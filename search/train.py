@@ -11,7 +11,8 @@ import copy
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -28,7 +29,10 @@ def pick_device(preferred: str = "auto") -> torch.device:
     """CUDA when present (or asked for), else CPU; chosen at run time, never assumed."""
     if preferred == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(preferred)
+    try:
+        device = torch.device(preferred)
+    except RuntimeError:
+        raise SearchError(f"bad device {preferred!r}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SearchError("device cuda was asked for but no CUDA device is available; use --device cpu or auto")
     return device
@@ -39,6 +43,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def preserved_rng(device: torch.device | None = None) -> Iterator[None]:
+    """Put every global random stream back on exit, so side work whose cost depends on a cache
+    (training or loading the teacher, measuring criticality) never moves the caller's streams: a
+    trial then gives the same result with a cold cache or a warm one.
+
+    ``torch.random.fork_rng`` restores torch's CPU generator and the listed CUDA devices' ones, but
+    not Python's ``random`` nor NumPy's, which are saved here. CUDA is forked when the work runs on it
+    or CUDA is already initialized; otherwise it is left uninitialized (a CPU job on a GPU machine,
+    or a parent process that later forks workers, must not initialize it).
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    use_cuda = torch.cuda.is_available() and (torch.cuda.is_initialized() or (device is not None and device.type == "cuda"))
+    devices = list(range(torch.cuda.device_count())) if use_cuda else []
+    try:
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 @dataclass(frozen=True)

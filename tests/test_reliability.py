@@ -318,7 +318,7 @@ def test_read_only_run_directory_fails_at_start(
         resumed = _cli("search.run", ["--resume", "--run-dir", str(readonly), "--trials", "8"])
         assert _one_error(resumed).startswith(f"error: cannot write in run directory {readonly}: Read-only file system")
         new = _cli("search.run", ["--strategy", QUICK, "--run-dir", str(readonly / "new")])
-        assert _one_error(new).startswith(f"error: cannot create run directory {readonly / 'new'}: Read-only file system")
+        assert _one_error(new).startswith(f"error: cannot write run directory {readonly / 'new'}: Read-only file system")
         assert resumed.stdout == new.stdout == "", "refused before Ray started: nothing announced, nothing trained"
         assert _snapshot(readonly) == before
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import re
@@ -20,6 +21,8 @@ from optuna.trial import TrialState, create_trial
 
 from search.errors import SearchError
 from search.report import make_report, write_report
+from search.reporting.load import load_run
+from search.reporting.model import build_report
 from search.study import rundir
 from search.study.rundir import RunSettings
 
@@ -333,3 +336,46 @@ def test_compute_time_prefers_recorded_cpu_time(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", STUDY_B, ["cryptonas"], "study-cpu", more_attrs={0: {"compute_seconds": 30.0}})
     (series,) = make_report([run]).series
     assert series.compute_s == pytest.approx(30.0 + 61.0)
+
+
+BIG_FULL = 1_000_000  # a second run whose model has 100x the ReLUs of FULL
+
+
+def test_merged_report_normalises_each_run_by_its_own_full_count(run_a: Path, tmp_path: Path) -> None:
+    """Merging must not change a run's hypervolume: each run's N is its own full count, not the largest of the runs."""
+    big = make_run(tmp_path / "run-big", STUDY_B, ["cryptonas"], "study-big", full=BIG_FULL, budget=None)
+    alone = {s.name: s.hypervolume for r in (make_report([run_a]), make_report([big])) for s in r.series}
+    merged = make_report([run_a, big])
+    assert {s.name: s.hypervolume for s in merged.series} == pytest.approx(alone)
+    assert merged.series[0].hypervolume == pytest.approx(0.425)  # hand-computed with N = 10,000, as alone
+    x1, x2 = math.log10(400) / 6, math.log10(3000) / 6  # cryptonas under its own N = 1,000,000
+    assert merged.series[2].hypervolume == pytest.approx((1 - x1) * (1 - 0.14) + (1 - x2) * (0.14 - 0.07))
+    assert merged.reference_relus == {"run-a": FULL, "run-big": BIG_FULL}
+    note = merged.hypervolume_note
+    assert "each run's own full count" in note and "N per run: run-a 10,000; run-big 1,000,000." in note
+    write_report([run_a, big])
+    assert note in (run_a / "report.md").read_text()
+    assert html.escape(note) in (run_a / "report.html").read_text()
+
+
+def test_same_strategy_in_runs_of_different_full_counts_keeps_each_n(tmp_path: Path) -> None:
+    """One strategy in two runs of different models: each series is measured under its own run's N, never mixed."""
+    small = make_run(tmp_path / "small", STUDY_B, ["cryptonas"], "s")
+    big = make_run(tmp_path / "big", STUDY_B, ["cryptonas"], "b", full=BIG_FULL, budget=None)
+    merged = {s.name: s.hypervolume for s in make_report([small, big]).series}
+    assert merged == pytest.approx({"cryptonas [small]": make_report([small]).series[0].hypervolume,
+                                    "cryptonas [big]": make_report([big]).series[0].hypervolume})
+    assert merged["cryptonas [small]"] < merged["cryptonas [big]"]  # same trials, a larger model: a larger share cut
+
+
+def test_merged_runs_of_one_full_count_say_so(run_a: Path, run_b: Path) -> None:
+    note = make_report([run_a, run_b]).hypervolume_note
+    assert "each run's own full count" in note and "10,000 ReLUs in every run" in note
+
+
+def test_runs_sharing_a_label_are_refused(tmp_path: Path) -> None:
+    """Trials find their run's N by the run's label, so two runs under one label could be normalised wrongly."""
+    small = make_run(tmp_path / "small", STUDY_B, ["cryptonas"], "s")
+    big = make_run(tmp_path / "big", STUDY_B, ["cryptonas"], "b", full=BIG_FULL, budget=None)
+    with pytest.raises(SearchError, match="share a label"):
+        build_report([load_run(small, "same"), load_run(big, "same")])

@@ -99,7 +99,7 @@ def test_read_only_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         pytest.skip("cannot mount a read-only filesystem here")
     try:
         line = fails(["--strategy", QUICK, "--run-dir", str(readonly / "run")], capsys)
-        assert f"cannot create run directory {readonly / 'run'}" in line
+        assert f"cannot write run directory {readonly / 'run'}" in line
     finally:
         subprocess.run(["umount", str(readonly)], capture_output=True)
 

@@ -143,7 +143,7 @@ def test_resume_after_sigkill_keeps_finished_trials(tmp_path: Path, cache: list[
     done = run(["--resume", "--run-dir", str(run_dir), "--gpus-per-trial", "0.5", *cache])
     assert done.returncode == 0, done.stderr[-3000:]
     if not torch.cuda.is_available():  # a GPU request on a CPU-only Ray would wait forever: dropped, said
-        assert "warning: the Ray cluster has no GPU; ignoring --gpus-per-trial 0.5" in done.stdout
+        assert "warning: the Ray cluster has no GPU; ignoring --gpus-per-trial 0.5" in done.stderr
     _, study = load(run_dir)
     trials = study.get_trials()
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

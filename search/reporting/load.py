@@ -124,6 +124,14 @@ def _check_settings(run_dir: Path, settings: RunSettings) -> None:
         raise SearchError(f"{where} is damaged: study_name and storage must be strings")
     if not isinstance(settings.full_relus, int) or settings.full_relus <= 0:
         raise SearchError(f"{where} is damaged: full_relus must be a positive integer, got {settings.full_relus!r}")
+    budget = settings.budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
+        raise SearchError(f"{where} is damaged: budget must be null or a positive integer, got {budget!r}")
+    if not isinstance(settings.strategies, list) or not all(isinstance(s, str) for s in settings.strategies):
+        raise SearchError(f"{where} is damaged: strategies must be a list of names, got {settings.strategies!r}")
+    for key in ("dataset", "model", "cost_model"):
+        if not isinstance(getattr(settings, key), str):
+            raise SearchError(f"{where} is damaged: {key} must be a string, got {getattr(settings, key)!r}")
 
 
 def _open_storage(run_dir: Path, url: str) -> optuna.storages.BaseStorage:

@@ -7,10 +7,16 @@ nothing of substance. Conventions fixed here, and stated in every rendering:
   over finished, feasible trials, on (validation accuracy: maximise, ReLU count: minimise).
 - Hypervolume is measured in normalised coordinates, both minimised: ``x = log10(ReLUs) / log10(N)``
   and ``y = 1 - accuracy``, with reference point ``(1, 1)``, i.e. N ReLUs at accuracy 0, where N is
-  the largest full count of the runs compared (or the most ReLUs of any finished, feasible trial, if
-  a strategy that changes the architecture went above it). It lies in [0, 1]: 1 would be 100 %
-  accuracy with one ReLU, and a trial with N ReLUs adds nothing. Log ReLUs because budgets span
+  the full count of the trial's own run (or the most ReLUs of any finished, feasible trial of that
+  run, if a strategy that changes the architecture went above it). It lies in [0, 1]: 1 would be
+  100 % accuracy with one ReLU, and a trial with N ReLUs adds nothing. Log ReLUs because budgets span
   orders of magnitude.
+- Merged reports normalise per run, never by the largest N of the runs: a run's hypervolume is the
+  same in a merged report as in its own. Each *trial* is normalised by its run's N, so a series is
+  well defined even if it held trials of runs with different N (series are per run wherever a
+  strategy repeats, so today none does): its hypervolume is taken over all its finished, feasible
+  trials in normalised coordinates, where they are comparable fractions of their own models (a
+  front in raw counts need not be the front in normalised coordinates once N differs).
 - "Best accuracy at <= B" uses the same finished, feasible trials; the winner has the highest
   validation accuracy (selection is on validation; test accuracy is shown beside it).
 """
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +134,7 @@ class Report:
     dataset: str | None
     model: str | None
     full_relus: int
+    reference_relus: dict[str, int]  # run label -> the N its trials' hypervolume coordinates use
     budget: int | None
     objectives: tuple[str, ...]
     param_names: tuple[str, ...]
@@ -153,13 +160,15 @@ def build_report(runs: Sequence[RunData], published: Sequence[PublishedPoint] = 
     """The report model of one run or a merged comparison of several."""
     if not runs:
         raise SearchError("no run directory given")
+    if len({run.label for run in runs}) < len(runs):  # a trial finds its run, and so its N, by the run's label
+        raise SearchError("two runs share a label: give each run a unique label (load_runs does)")
     notes: list[str] = []
     names_of = _series_names(runs)
     rows = _mark_fronts([row for run in runs for row in _trial_rows(run, names_of, notes)])
     full_relus = max(run.settings.full_relus for run in runs)
     eligible = [r for r in rows if r.eligible]
-    # Strategies that change the architecture (CryptoNAS) may exceed the base model's count without a budget.
-    reference_relus = max([full_relus] + [r.relus for r in eligible])  # type: ignore[list-item]
+    references = _reference_relus(runs, eligible)
+    most_relus = max(references.values())  # the ladders reach every trial of every run
     dataset = _common(run.settings.dataset for run in runs)
     model = _common(run.settings.model for run in runs)
     budget = _common(run.settings.budget for run in runs)
@@ -174,7 +183,7 @@ def build_report(runs: Sequence[RunData], published: Sequence[PublishedPoint] = 
         notes.insert(0, f"No finished trials yet: {len(rows)} trial(s) in storage, none COMPLETE, so there is no front.")
     elif not any(r.eligible for r in rows):
         notes.insert(0, "No finished trial is within the budget, so there is no front.")
-    series = _series(runs, rows, reference_relus)
+    series = _series(runs, rows, references)
     names = [s.name for s in series]
     shown = tuple(p for p in published if dataset is not None and p.dataset == dataset)
     if published and dataset is not None and not shown:
@@ -186,15 +195,16 @@ def build_report(runs: Sequence[RunData], published: Sequence[PublishedPoint] = 
         dataset=dataset,
         model=model,
         full_relus=full_relus,
+        reference_relus=references,
         budget=budget,
         objectives=tuple(runs[0].settings.objectives),
         param_names=tuple(sorted({k for r in rows for k in r.params})),
         series=series,
         trials=tuple(rows),
-        hypervolume_note=_hypervolume_note(reference_relus, full_relus),
-        relu_ladder=_relu_ladder(eligible, names, full_relus, reference_relus, {run.settings.budget for run in runs} - {None}),
+        hypervolume_note=_hypervolume_note(runs, references),
+        relu_ladder=_relu_ladder(eligible, names, full_relus, most_relus, {run.settings.budget for run in runs} - {None}),
         latency_ladders=tuple(
-            _latency_ladder(eligible, names, full_relus, reference_relus, COST_PRESETS[p]) for p in LATENCY_PRESETS
+            _latency_ladder(eligible, names, full_relus, most_relus, COST_PRESETS[p]) for p in LATENCY_PRESETS
         ),
         published=shown,
         notes=tuple(notes),
@@ -214,23 +224,53 @@ def normalised_point(relus: int, accuracy: float, reference_relus: int) -> tuple
     return math.log10(max(relus, 1)) / math.log10(reference_relus), 1.0 - accuracy
 
 
-def front_hypervolume(front: Sequence[TrialRow], reference_relus: int) -> float | None:
-    """Hypervolume of a front against the reference point (N ReLUs, accuracy 0); None when undefined."""
-    if reference_relus <= 1 or not front:
+def series_hypervolume(trials: Sequence[TrialRow], reference_relus: Mapping[str, int]) -> float | None:
+    """Hypervolume of the eligible trials, each normalised by its own run's N, against the reference point
+    (N ReLUs, accuracy 0) = (1, 1); None when there is none or an N is too small to take a log of."""
+    eligible = [t for t in trials if t.eligible]
+    if not eligible or any(reference_relus[t.run] <= 1 for t in eligible):
         return None
-    points = [normalised_point(t.relus, t.val_acc, reference_relus) for t in front]  # type: ignore[arg-type]
+    points = [normalised_point(t.relus, t.val_acc, reference_relus[t.run]) for t in eligible]  # type: ignore[arg-type]
     return hypervolume_2d(points, (1.0, 1.0 - HV_REFERENCE_ACCURACY))
 
 
-def _hypervolume_note(reference_relus: int, full_relus: int) -> str:
-    which = "the full model's count"
-    if reference_relus != full_relus:
-        which = f"the most of any trial; the full model has {full_relus:,}"
+def _reference_relus(runs: Sequence[RunData], eligible: list[TrialRow]) -> dict[str, int]:
+    """Each run's N: its full count, or the most ReLUs of its own eligible trials where one went above it
+    (strategies that change the architecture, such as CryptoNAS, may without a budget)."""
+    return {
+        run.label: max([run.settings.full_relus, *(r.relus or 0 for r in eligible if r.run == run.label)])
+        for run in runs
+    }
+
+
+def _hypervolume_note(runs: Sequence[RunData], references: dict[str, int]) -> str:
+    """States N for every run: one number for one run or for runs that agree, else each run's own, listed."""
+    per_run = ""
+    if len(runs) == 1:
+        run = runs[0]
+        which = f"N = {references[run.label]:,} ReLUs ({_reference_source(run, references[run.label])})"
+    elif len(set(references.values())) == 1 and all(references[r.label] == r.settings.full_relus for r in runs):
+        which = f"N = each run's own full count ({references[runs[0].label]:,} ReLUs in every run here)"
+    else:
+        which = "N = each run's own full count, so each trial is normalised by its own run's model"
+        per_run = " N per run: " + "; ".join(_run_reference(run, references[run.label]) for run in runs) + "."
     return (
-        f"Hypervolume in (log10 ReLUs / log10 N, 1 - validation accuracy), both minimised, with N = {reference_relus:,} "
-        f"ReLUs ({which}), and reference point (N ReLUs, accuracy {HV_REFERENCE_ACCURACY:.0%}) = (1, 1). "
+        f"Hypervolume in (log10 ReLUs / log10 N, 1 - validation accuracy), both minimised, with {which}, "
+        f"and reference point (N ReLUs, accuracy {HV_REFERENCE_ACCURACY:.0%}) = (1, 1).{per_run} "
         "Range 0..1: 1 would be 100% accuracy with one ReLU; a trial with N ReLUs adds nothing."
+        + (" A run's hypervolume here is the one its own report shows." if len(runs) > 1 else "")
     )
+
+
+def _run_reference(run: RunData, n: int) -> str:
+    """``label n``, saying why where N is not the run's full count."""
+    return f"{run.label} {n:,}" + ("" if n == run.settings.full_relus else f" ({_reference_source(run, n)})")
+
+
+def _reference_source(run: RunData, n: int) -> str:
+    if n == run.settings.full_relus:
+        return "the full model's count"
+    return f"the most of any trial; the full model has {run.settings.full_relus:,}"
 
 
 def _series_names(runs: Sequence[RunData]) -> dict[tuple[str, str], str]:
@@ -345,7 +385,7 @@ def _mark_fronts(rows: list[TrialRow]) -> list[TrialRow]:
     return [dataclasses.replace(r, on_front=i in on_front, on_overall_front=i in overall) for i, r in enumerate(rows)]
 
 
-def _series(runs: Sequence[RunData], rows: list[TrialRow], reference_relus: int) -> tuple[Series, ...]:
+def _series(runs: Sequence[RunData], rows: list[TrialRow], references: dict[str, int]) -> tuple[Series, ...]:
     order = {s: i for i, s in enumerate(dict.fromkeys(s for run in runs for s in run.settings.strategies))}
     names = sorted(dict.fromkeys(r.series for r in rows), key=lambda n: (order.get(n.split(" [")[0], len(order)), n))
     # A trial a killed run interrupted is FAIL in storage, and --resume reran it as a new trial (``rerun_of``).
@@ -368,7 +408,7 @@ def _series(runs: Sequence[RunData], rows: list[TrialRow], reference_relus: int)
                 unfinished=sum(1 for r in mine if r.state in ("RUNNING", "WAITING")),
                 compute_s=sum(_compute_seconds(r) for r in mine),
                 front=front,
-                hypervolume=front_hypervolume(front, reference_relus),
+                hypervolume=series_hypervolume(mine, references),
                 best_acc=max((r.val_acc for r in eligible), default=None),  # type: ignore[type-var]
                 fewest_relus=min((r.relus for r in eligible), default=None),  # type: ignore[type-var]
             )

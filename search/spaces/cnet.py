@@ -39,6 +39,7 @@ from search.spaces.registry import register_model
 Op = Literal["conv3x3", "conv5x5", "sepconv3x3", "sepconv5x5", "maxpool", "avgpool"]
 OPS: tuple[str, ...] = typing.get_args(Op)
 _SKIP = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+MAX_LAYERS = 1000  # far beyond the published CNets (24 layers); deeper ones take minutes merely to construct
 SKIP_FORMAT = "FROM-TO pairs such as 0-2,1-3: the output of layer FROM (0 is the stem) joins layer TO, FROM < TO <= layers"
 
 
@@ -166,6 +167,8 @@ class CNet(nn.Module):
         super().__init__()
         if layers < 3:
             raise SearchError(f"bad value {layers} for layers: expected an integer >= 3 (one or more per resolution)")
+        if layers > MAX_LAYERS:
+            raise SearchError(f"bad value {layers} for layers: expected an integer <= {MAX_LAYERS}")
         if width < 1:
             raise SearchError(f"bad value {width} for width: expected an integer >= 1")
         self.ops = expand_ops(ops, layers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from search.errors import SearchError
@@ -16,6 +17,7 @@ from search.options import declared_options, validate
 
 ModelBuilder = Callable[..., nn.Module]
 _BUILDERS: dict[str, ModelBuilder] = {}
+MAX_PARAMETERS = 2**30  # 4 GiB of float32 weights; training needs several times that
 
 
 def register_model(fn: ModelBuilder) -> ModelBuilder:
@@ -51,7 +53,30 @@ def build_model(
     typed = validate(builder, options, f"model {name}")
     if len(input_size) != 3 or min(input_size) <= 0:
         raise SearchError(f"input size must be C x H x W with positive sides, got {input_size}")
+    check_size(name, builder, num_classes, tuple(input_size), typed)
     return builder(num_classes=num_classes, input_size=tuple(input_size), **typed)
+
+
+def check_size(name: str, builder: ModelBuilder, num_classes: int, input_size: tuple[int, ...], typed: Mapping[str, Any]) -> int:
+    """The model's parameter count, from a build on the meta device (no memory, no init).
+
+    A typo such as ``width=64`` for ``0.64`` would otherwise allocate tens of GB, or fail inside torch
+    with a traceback, before anything could say why."""
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in builder(num_classes=num_classes, input_size=input_size, **typed).parameters())
+    except SearchError:
+        raise
+    except (RuntimeError, ValueError, OverflowError, MemoryError, TypeError) as err:  # torch says "too big" in all of these
+        described = ", ".join(f"{k}={v}" for k, v in typed.items()) or "default options"
+        raise SearchError(f"cannot build model {name} ({described}): {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if count > MAX_PARAMETERS:
+        described = ", ".join(f"{k}={v}" for k, v in typed.items()) or "default options"
+        raise SearchError(
+            f"model {name} ({described}) has {count:,} parameters ({count * 4 / 2**30:,.0f} GiB of weights); "
+            f"at most {MAX_PARAMETERS:,} are supported"
+        )
+    return count
 
 
 def check_model_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,18 +6,22 @@ the residual branch and ``relu2`` after the residual add (the one DeepReDuce's t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
+from search.errors import SearchError
 from search.relu import ReLUSite
 from search.spaces.registry import register_model
 
 
 def scaled(channels: int, width: float) -> int:
     """Channel count after a width multiplier, never below one."""
+    if not (math.isfinite(width) and width > 0):
+        raise SearchError(f"bad value {width} for width: expected a number > 0 (channel width multiplier)")
     return max(1, int(round(channels * width)))
 
 

@@ -13,6 +13,8 @@ from search.errors import SearchError
 from search.relu import ReLUSite
 from search.spaces.registry import register_model
 
+MAX_DEPTH = 1000  # beyond any published WRN; deeper ones take minutes merely to construct
+
 
 class PreActBlock(nn.Module):
     """BN-ReLU-conv-BN-ReLU-conv with an identity or 1x1-conv shortcut from the activated input."""
@@ -38,8 +40,10 @@ class PreActBlock(nn.Module):
 class WideResNet(nn.Module):
     def __init__(self, depth: int, widen_factor: int, dropout: float, num_classes: int, in_channels: int) -> None:
         super().__init__()
-        if (depth - 4) % 6 != 0 or depth < 10:
-            raise SearchError(f"bad value {depth} for depth: expected 6n+4 with n >= 1 (10, 16, 22, 28, ...)")
+        if (depth - 4) % 6 != 0 or not 10 <= depth <= MAX_DEPTH:
+            raise SearchError(f"bad value {depth} for depth: expected 6n+4 with n >= 1 (10, 16, 22, 28, ... {MAX_DEPTH})")
+        if not 0 <= dropout < 1:
+            raise SearchError(f"bad value {dropout} for dropout: expected a probability in [0, 1)")
         per_stage = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)

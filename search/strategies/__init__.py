@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from importlib.metadata import entry_points
 
 from search.errors import SearchError
@@ -56,6 +57,9 @@ def get_strategy(name: str) -> Strategy:
         raise SearchError(f"strategy {name!r} could not be loaded from {target}: {err}") from None
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise SearchError(f"strategy {name!r} at {target} is not a search.strategies.Strategy subclass")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        raise SearchError(f"strategy {name!r} at {target} is abstract: it does not implement {missing}")
     return cls()
 
 

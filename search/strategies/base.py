@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from search.data import Dataset
+from search.data import Dataset, DatasetInfo
 from search.errors import SearchError
 from search.options import validate
+from search.relu import relu_count
 
 if TYPE_CHECKING:
     import optuna
@@ -82,6 +83,22 @@ class Strategy(ABC):
         can be checked against a budget first. Raises PlanNeedsTraining, saying why, when only
         training can tell (SNL learns its masks)."""
         raise PlanNeedsTraining(f"strategy {self.name} learns its result by training; its ReLU count is known only afterwards")
+
+    def preview(self, model_name: str, model_options: Mapping[str, Any], info: DatasetInfo, budget: int | None, options: Any) -> str:
+        """What :meth:`run` would do, for ``--dry-run``: the checks ``run`` makes before it trains
+        (raising the same SearchError), and a short description. No data, no training.
+
+        The default describes :meth:`plan` when one exists; override it when ``run`` refuses some
+        inputs before training, so a dry run refuses them too."""
+        try:
+            model = self.plan(model_name, model_options, info.input_shape, info.num_classes, options)
+        except PlanNeedsTraining as why:
+            return f"ReLU count known after training ({why})"
+        return f"{relu_count(model, info.input_shape):,} ReLUs (the strategy's plan for these options)"
+
+    def uses_teacher(self, options: Any) -> bool:
+        """Whether :meth:`run` fetches the full-ReLU teacher (training it when it is not cached)."""
+        return True
 
     @abstractmethod
     def run(self, ctx: Context, options: Any) -> Outcome:

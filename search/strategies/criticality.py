@@ -42,7 +42,7 @@ from search.errors import SearchError
 from search.relu import ReLUSite, relu_count, sites, trace_shapes
 from search.strategies.base import Context
 from search.teacher import data_fingerprint
-from search.train import TrainConfig, fit
+from search.train import TrainConfig, fit, preserved_rng
 
 CACHE_VERSION = 1
 FORMULA = "score = 1000 * (acc_k - acc_linear) / relus_k  (val accuracy gained per 1,000 ReLUs)"
@@ -163,8 +163,17 @@ def criticality(
     ctx: Context, recipe: TrainConfig, teacher: nn.Module | None = None, log: Callable[[str], None] | None = None
 ) -> Criticality:
     """The cached criticality of ``ctx``'s model on ``ctx``'s data, measured with ``recipe`` if absent.
-    ``teacher`` saves fetching ``ctx.teacher()`` again when the caller has it."""
-    log = log or ctx.log
+    ``teacher`` saves fetching ``ctx.teacher()`` again when the caller has it.
+
+    Measuring trains (reseeding the global RNGs) and reading the cache does not, so both run under
+    :func:`preserved_rng`: the strategy's later draws (a student built from scratch) do not depend on
+    whether the measurement was cached.
+    """
+    with preserved_rng(ctx.device):
+        return _criticality(ctx, recipe, teacher, log or ctx.log)
+
+
+def _criticality(ctx: Context, recipe: TrainConfig, teacher: nn.Module | None, log: Callable[[str], None]) -> Criticality:
     teacher = teacher if teacher is not None else ctx.teacher()
     identity = _identity(ctx, recipe, teacher)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]

@@ -23,12 +23,13 @@ it to fill ``cryptonas/fill`` (without one, the width ``cryptonas/width``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from search.data import DatasetInfo
 from search.errors import SearchError
 from search.relu import relu_count
 from search.spaces import build_model
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 CNET_RATIO = 7 / 3  # width / depth of the published CNets
 DEFAULT_LAYERS, DEFAULT_WIDTH = 6, 14  # CNet (6,14), used when neither a width nor a ReLU target is given
 SEARCH_MAX_LAYERS = 12
+PICK_MAX_LAYERS = 48  # deepest CNet a free depth is picked from: twice the largest published; bounds the search time
 SEARCH_WIDTHS = (4, 64)
 SEARCH_MIN_FILL = 0.25
 EPOCHS = {"digits": 10}  # per-dataset default epochs; other datasets use their full-ReLU recipe's
@@ -96,9 +98,10 @@ def _unit_count(arch: Mapping[str, Any], layers: int, input_size: tuple[int, int
 
 
 def _pick_depth(arch: Mapping[str, Any], target: int, input_size: tuple[int, int, int]) -> int:
-    """The multiple of 3 whose widest fitting network is nearest (in log) to width/depth = 7/3."""
+    """The multiple of 3 (at most PICK_MAX_LAYERS) whose widest fitting network is nearest (in log) to
+    width/depth = 7/3."""
     best, best_gap, layers = 3, math.inf, 3
-    while True:
+    while layers <= PICK_MAX_LAYERS:
         unit = _unit_count(arch, layers, input_size)
         if unit > target:
             return best
@@ -109,12 +112,13 @@ def _pick_depth(arch: Mapping[str, Any], target: int, input_size: tuple[int, int
         if ratio < CNET_RATIO:
             return best
         layers += 3
+    return best
 
 
 def _deepest(arch: Mapping[str, Any], width: int, target: int, input_size: tuple[int, int, int]) -> int:
-    """The deepest multiple of 3 whose network at ``width`` fits ``target`` (3 when none does)."""
+    """The deepest multiple of 3 (at most PICK_MAX_LAYERS) whose network at ``width`` fits ``target`` (3 when none does)."""
     layers = 3
-    while width * _unit_count(arch, layers + 3, input_size) <= target:
+    while layers + 3 <= PICK_MAX_LAYERS and width * _unit_count(arch, layers + 3, input_size) <= target:
         layers += 3
     return layers
 
@@ -143,6 +147,23 @@ def candidate(
         layers = _deepest(arch, width, target, input_size)
     model = _build({**arch, "layers": layers, "width": width}, input_size, num_classes)
     return {**arch, "layers": layers, "width": width, "ops": model.ops, "skips": format_skips(model.skip_table)}, model
+
+
+def checked_candidate(
+    options: CryptoNASOptions, info: DatasetInfo, budget: int | None, log: Callable[[str], None] | None = None
+) -> tuple[dict[str, Any], CNet, int]:
+    """The candidate (options, untrained network, ReLU count), refused when over ``budget``: the check
+    ``run`` makes before training, and ``preview`` makes for a dry run."""
+    arch, model = candidate(options, info.input_shape, budget, info.num_classes)
+    relus = relu_count(model, info.input_shape)
+    if log is not None:
+        log(f"{model.describe()}\n  {relus:,} ReLUs (budget {f'{budget:,}' if budget else 'none'})")
+    if budget is not None and relus > budget:
+        raise SearchError(
+            f"cryptonas candidate cnet layers={arch['layers']} width={arch['width']} has {relus:,} ReLUs, "
+            f"over the budget of {budget:,}; rejected before training (lower layers or width, or raise the budget)"
+        )
+    return arch, model, relus
 
 
 class CryptoNAS(Strategy):
@@ -185,16 +206,18 @@ class CryptoNAS(Strategy):
         ``target`` it is CNet (6,14): a plan does not see the run's budget."""
         return candidate(options, input_size, None, num_classes)[1]
 
+    def preview(self, model_name: str, model_options: Mapping[str, Any], info: DatasetInfo, budget: int | None,
+                options: CryptoNASOptions) -> str:
+        _, model, relus = checked_candidate(options, info, budget)
+        teacher = f", with KD from {model_name} (the teacher)" if options.kd_weight > 0 else ""
+        return f"train from scratch{teacher}: {model.describe()}\n  {relus:,} ReLUs (budget {f'{budget:,}' if budget else 'none'})"
+
+    def uses_teacher(self, options: CryptoNASOptions) -> bool:
+        return options.kd_weight > 0
+
     def run(self, ctx: Context, options: CryptoNASOptions) -> Outcome:
         info = ctx.data.info
-        arch, model = candidate(options, info.input_shape, ctx.budget, info.num_classes)
-        relus = relu_count(model, info.input_shape)
-        ctx.log(f"{model.describe()}\n  {relus:,} ReLUs (budget {f'{ctx.budget:,}' if ctx.budget else 'none'})")
-        if ctx.budget is not None and relus > ctx.budget:
-            raise SearchError(
-                f"cryptonas candidate cnet layers={arch['layers']} width={arch['width']} has {relus:,} ReLUs, "
-                f"over the budget of {ctx.budget:,}; rejected before training (lower layers or width, or raise the budget)"
-            )
+        arch, model, relus = checked_candidate(options, info, ctx.budget, ctx.log)
         recipe = teacher_config(info.name)
         config = replace(
             recipe,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 
+from search.data import DatasetInfo
 from search.errors import SearchError
 from search.relu import relu_count, sites, trace_shapes
 from search.spaces import build_model, model_options as declared_model_options
@@ -280,6 +281,24 @@ def choose_plan(
     return best[0], best[1], len(counted)
 
 
+def check_before_training(
+    model_name: str, model_options: Mapping[str, Any], info: DatasetInfo, budget: int | None, options: DeepReDuceOptions
+) -> tuple[PlanCounter, list[str]]:
+    """What ``run`` checks before any training (``preview`` checks the same): a plan or a budget is
+    given, named stages exist, n_cull leaves a stage, and some plan the options allow meets the budget."""
+    if budget is None:
+        require_plan(options)
+    counter = PlanCounter(model_name, model_options, info.input_shape, info.num_classes)
+    labels = list(stage_sites(base_model(model_name, model_options, info.input_shape, info.num_classes)))
+    if options.cull is not None:
+        check_cull(options.cull, labels, model_name)
+    if budget is not None:
+        choose_plan(counter, options, labels, None, budget)
+    else:
+        cull_choices(options, labels, None, budgeted=False)  # n_cull beyond the stages fails now, not after measuring
+    return counter, labels
+
+
 # -- the strategy -----------------------------------------------------------------------------------
 
 
@@ -337,17 +356,19 @@ class DeepReDuce(Strategy):
         spec = candidate_specs(options, culls, budgeted=False)[0]
         return build_plan(model_name, model_options, input_size, num_classes, spec)[0]
 
+    def preview(self, model_name: str, model_options: Mapping[str, Any], info: DatasetInfo, budget: int | None,
+                options: DeepReDuceOptions) -> str:
+        counter, labels = check_before_training(model_name, model_options, info, budget, options)
+        if needs_order(options, budget is not None):
+            return (f"measure the criticality of stages {','.join(labels)} by training, then train the plan "
+                    + (f"keeping the most ReLUs within {budget:,}" if budget is not None else f"culling the {options.n_cull} least critical"))
+        spec, relus, candidates = choose_plan(counter, options, labels, None, budget)
+        how = f"the most ReLUs within the budget of {budget:,} among {candidates} candidate plans" if candidates > 1 else "as set"
+        return f"plan {spec.describe()}: {relus:,} ReLUs ({how}); train it with KD from the teacher"
+
     def run(self, ctx: Context, options: DeepReDuceOptions) -> Outcome:
         info = ctx.data.info
-        if ctx.budget is None:
-            require_plan(options)
-        counter = PlanCounter(ctx.model_name, ctx.model_options, info.input_shape, info.num_classes)
-        labels = list(stage_sites(base_model(ctx.model_name, ctx.model_options, info.input_shape, info.num_classes)))
-        if options.cull is not None:
-            check_cull(options.cull, labels, ctx.model_name)
-        # Before any training: can any plan these options allow meet the budget?
-        if ctx.budget is not None:
-            choose_plan(counter, options, labels, None, ctx.budget)
+        counter, labels = check_before_training(ctx.model_name, ctx.model_options, info, ctx.budget, options)
         teacher = ctx.teacher()
         measured: Criticality | None = None
         if needs_order(options, ctx.budget is not None):

@@ -13,14 +13,14 @@ paper's channel variant is available, the finetuned checkpoint is selected on th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
-from search.data import Loader
+from search.data import DatasetInfo, Loader
 from search.errors import SearchError
 from search.relu import ReLUSite, relu_count, sites, trace_shapes
 from search.spaces import build_model
@@ -179,6 +179,12 @@ def select_top(masked: list[ReLUSite], budget: int) -> int:
     return budget - room
 
 
+def _require_budget(budget: int | None) -> int:
+    if budget is None:
+        raise SearchError("strategy snl needs a ReLU budget (--budget N or a percentage such as 10%)")
+    return budget
+
+
 class SNL(Strategy):
     name = "snl"
     Options = SNLOptions
@@ -203,9 +209,18 @@ class SNL(Strategy):
             "granularity": trial.suggest_categorical("snl/granularity", ["pixel", "channel"]),
         }
 
+    def preview(self, model_name: str, model_options: Mapping[str, Any], info: DatasetInfo, budget: int | None,
+                options: SNLOptions) -> str:
+        budget = _require_budget(budget)
+        opts = options.resolved(info.name)
+        return (
+            f"learn {opts.granularity} masks until at most {budget:,} ReLUs remain (lam {opts.lam:g}, kappa {opts.kappa:g}, "
+            f"lr {opts.lr:g}, batch {opts.batch_size}, up to {opts.max_epochs} epochs), then finetune "
+            f"{opts.finetune_epochs} epochs with KD from the teacher"
+        )
+
     def run(self, ctx: Context, options: SNLOptions) -> Outcome:
-        if ctx.budget is None:
-            raise SearchError("strategy snl needs a ReLU budget (--budget N or a percentage such as 10%)")
+        _require_budget(ctx.budget)
         opts = options.resolved(ctx.data.info.name)
         info = ctx.data.info
         model = build_model(ctx.model_name, num_classes=info.num_classes, input_size=info.input_shape, **ctx.model_options)

@@ -1,17 +1,22 @@
 """Trial files into the run directory, from any node of the cluster.
 
-A trial may run on a machine that cannot see the run directory. It hands its model and log to an
-:class:`ArtifactStore` actor pinned to the driver's node, which writes ``trials/<n>/model.pt`` and
-``trials/<n>/log.txt`` atomically there. One small actor, no shared filesystem needed.
+A trial may run on a machine that cannot see the run directory. It hands its model, log and result to
+an :class:`ArtifactStore` actor pinned to the driver's node, which writes ``trials/<n>/model.pt``,
+``trials/<n>/log.txt`` and, last, ``trials/<n>/result.json`` atomically there. One small actor, no
+shared filesystem needed. The result file is on disk before the trial reports to Ray Tune, so a
+finished trial is never lost to whatever happens to the driver afterwards (:func:`read_result`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
-from search.study.rundir import trial_model_path
+from search.study.rundir import trial_model_path, write_atomic
+
+RESULT_FILE = "result.json"
 
 
 class ArtifactStore:
@@ -20,19 +25,24 @@ class ArtifactStore:
     def __init__(self, run_dir: str) -> None:
         self.run_dir = Path(run_dir)
 
-    def save(self, number: int, model: bytes | None, log: str) -> None:
-        """Write trial ``number``'s model (when it produced one) and its log."""
+    def save(self, number: int, model: bytes | None, log: str, result: dict[str, Any]) -> None:
+        """Write trial ``number``'s model (when it produced one), its log, then its result."""
         model_path = trial_model_path(self.run_dir, number)
         model_path.parent.mkdir(parents=True, exist_ok=True)
         if model is not None:
-            _write(model_path, model)
-        _write(model_path.with_name("log.txt"), log.encode())
+            write_atomic(model_path, model)
+        write_atomic(model_path.with_name("log.txt"), log.encode())
+        write_atomic(model_path.with_name(RESULT_FILE), json.dumps(result, default=str).encode())
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def read_result(run_dir: str | os.PathLike[str], number: int) -> dict[str, Any] | None:
+    """What trial ``number`` reported, if it got as far as saving it (None otherwise or if unreadable)."""
+    path = trial_model_path(run_dir, number).with_name(RESULT_FILE)
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and "status" in result else None
 
 
 def start_store(run_dir: str | os.PathLike[str]) -> Any:

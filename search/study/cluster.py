@@ -2,7 +2,9 @@
 
 An unreachable ``--address`` is checked with a plain TCP connection first (a few seconds), because
 ``ray.init`` would otherwise retry for a long time before failing with a traceback. A GPU request on
-a cluster without GPUs would leave every trial pending forever, so it is dropped with a warning.
+a cluster without GPUs would leave every trial pending forever, so it is dropped with a warning. A
+local Ray started here is watched by :mod:`search.study.reaper`, so none of its processes outlives
+the driver, however the driver ends.
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from search.errors import SearchError
+from search.study import reaper
 
 CONNECT_TIMEOUT_S = 5.0
+_reaper: subprocess.Popen[bytes] | None = None  # watches the local Ray this process started
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,9 @@ def quiet(verbose: bool) -> None:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter prints nothing at verbose=0
+        # Even Ray's errors: a fault the study meets (a full disk, say) ends it with one line of its own.
         for name in ("ray", "ray.tune", "ray.train", "ray.data", "optuna"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         warnings.filterwarnings("ignore", module=r"ray(\..*)?")
         warnings.filterwarnings("ignore", module=r"optuna(\..*)?")
 
@@ -91,15 +97,29 @@ def connect(address: str | None, verbose: bool) -> bool:
         ) from None
     if not verbose:
         for name in ("ray", "ray.tune", "ray.train"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    if not address:
+        global _reaper
+        _reaper = reaper.start(ray._private.worker._global_node.get_session_dir_path())
     return not address
 
 
 def disconnect() -> None:
+    """Shut Ray down; the reaper then stops whatever of the local Ray is left."""
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    global _reaper
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+    finally:
+        if _reaper is not None:
+            _reaper.stdin.close()  # type: ignore[union-attr]
+            try:
+                _reaper.wait(reaper.GRACE_S * 3)
+            except subprocess.TimeoutExpired:  # it goes on alone; the driver need not wait
+                pass
+            _reaper = None
 
 
 def fit_resources(cpus: float, gpus: float | None, warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Resources:

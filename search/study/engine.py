@@ -2,26 +2,47 @@
 
 Optuna decides (define-by-run, in the driver), Ray Tune runs the trials (:mod:`search.study.trainable`) on this
 machine or a cluster, and :class:`search.study.searcher.StudySearcher` records each result in the study's
-persistent storage before its progress line is printed. Resuming needs nothing but that storage:
-trials a killed driver left RUNNING are marked FAIL (interrupted) and enqueued again with the same
-parameters, then the study runs until it has its number of finished trials.
+persistent storage before its progress line is printed. Resuming needs nothing but that storage and
+the run directory: a trial a killed driver left RUNNING is recorded from the result it saved
+(``trials/<n>/result.json``) or, when it saved none, marked FAIL (interrupted) and enqueued again with
+the same parameters; then the study runs until it has its number of finished trials.
+
+How a study ends early: Ctrl-C stops the running trials (a second Ctrl-C stops at once), keeps every
+trial that finished and raises :class:`~search.errors.RunInterrupted`; a storage or disk fault stops
+the study the same way and raises a :class:`~search.errors.SearchError` naming the fault.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
+from search.errors import RunInterrupted, SearchError
 from search.objectives import Objective
 from search.strategies import Strategy
 from search.study import cluster
 from search.study.artifacts import start_store
 from search.study.searcher import StudySearcher, define_space
-from search.study.storage import existing_trials, fail_running, make_sampler, open_storage, remaining_trials, settle_interrupted
+from search.study.storage import (
+    STORAGE_ERRORS,
+    existing_trials,
+    fault_reason,
+    make_sampler,
+    open_storage,
+    remaining_trials,
+    settle_interrupted,
+    settle_running,
+)
 from search.study.timeshare import TimeShare
 from search.study.trainable import make_trainable
 from search.study.trial import TrialSpec
@@ -31,8 +52,7 @@ from search.study.trial import TrialSpec
 class Execution:
     """How to run a study (may change between a run and its resume; results do not depend on it)."""
 
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None
+    resources: cluster.Resources  # per trial, checked against the cluster (cluster.fit_resources)
     concurrency: int | None = None
     verbose: bool = False
     retries: int = 0  # times Ray Tune reruns a trial whose worker or node died (0: record it FAILED)
@@ -61,7 +81,7 @@ def run_study(
     from ray import tune
 
     storage = open_storage(storage_url)
-    resources = cluster.fit_resources(execution.cpus_per_trial, execution.gpus_per_trial, log)
+    resources = execution.resources
     share = None
     if minutes_per_strategy is not None:  # a running trial uses a GPU's wall time, or each CPU it holds
         share = TimeShare(list(strategies), minutes_per_strategy * 60, 1.0 if resources.gpus else resources.cpus)
@@ -71,13 +91,16 @@ def run_study(
         make_sampler(sampler, seed + existing_trials(storage, study_name)),
         study_name,
         storage,
+        run_dir,
         spec.budget,
         on_recorded,
         share,
         log,
     )
     study = searcher.study
-    settle_interrupted(study)
+    names = [o.name for o in objectives]
+    settle_interrupted(study, run_dir, names, spec.budget)
+    interrupted = threading.Event()  # set by the first Ctrl-C (_first_ctrl_c_stops)
     remaining = remaining_trials(study, total) if total is not None else -1  # -1: until the time share ends it
     concurrency = execution.concurrency or max(1, int(_cluster_cpus() // resources.cpus))
     if share is not None and share.next_strategy(study) is None:
@@ -98,11 +121,69 @@ def run_study(
                 storage_path=str((run_dir / "tune").resolve()),
                 verbose=1 if execution.verbose else 0,
                 failure_config=tune.FailureConfig(max_failures=execution.retries),
+                stop=_stopper(lambda: bool(searcher.fault) or interrupted.is_set()),
             ),
         )
-        tuner.fit()
-    fail_running(study)
+        with _first_ctrl_c_stops(interrupted, log):
+            tuner.fit()
+    try:
+        settle_running(study, run_dir, names, spec.budget)
+    except STORAGE_ERRORS as err:
+        searcher.fault = searcher.fault or f"cannot write the study storage: {fault_reason(err)}"
+    resume = f"python -m search.run --resume --run-dir {run_dir}"
+    if searcher.fault:
+        raise SearchError(f"{searcher.fault}; the study stopped. Finished trials are kept (in the storage, or in "
+                          f"{run_dir}/trials/<n>/result.json for --resume to record); fix that, then resume: {resume}")
+    if interrupted.is_set():
+        raise RunInterrupted(f"interrupted: finished trials are kept in the study's storage; resume with: {resume}")
     return study
+
+
+def _stopper(should_stop: Callable[[], bool]) -> Any:
+    """A Tune stopper that ends every trial once ``should_stop()`` (Ctrl-C, a storage fault)."""
+    from ray.tune.stopper import Stopper
+
+    class StopAll(Stopper):
+        def __init__(self) -> None:
+            self.should_stop = should_stop
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return self.should_stop()
+
+        def __reduce__(self) -> tuple[Any, ...]:  # Tune pickles its run config; the condition lives in this process
+            return (_never_stop, ())
+
+    return StopAll()
+
+
+def _never_stop() -> None:
+    """What a pickled copy of the stopper becomes: nothing (see :func:`_stopper`)."""
+
+
+@contextmanager
+def _first_ctrl_c_stops(interrupted: threading.Event, log: Callable[[str], None]) -> Iterator[None]:
+    """While the study runs, the first Ctrl-C asks Tune to stop every trial (they are recorded as they
+    stop), the second raises KeyboardInterrupt at once. Tune's own handler is turned off: it would end
+    the run without telling us."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        log("interrupted: stopping the running trials; finished trials are kept (Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _cluster_cpus() -> float:

@@ -5,10 +5,13 @@ RUNNING forever when a value is NaN or missing, knows nothing of why a trial fai
 a trial which Optuna trial it is. This subclass (checked against Ray 2.60's source):
 
 - passes each trial its Optuna trial number, strategy and options (``config["_trial"]``);
-- records every finished trial itself: COMPLETE with values, PRUNED when the plan was over the ReLU
-  budget (never in the Pareto front), FAIL with ``fail_reason``, and the user attributes of
-  ``search.study.rundir.TRIAL_ATTRS``; a constraint ``relus - budget`` (Optuna's ``set_constraint``) lets
-  the sampler learn where the budget lies;
+- records every finished trial itself (:func:`search.study.storage.record`): COMPLETE with values,
+  PRUNED when the plan was over the ReLU budget (never in the Pareto front), FAIL with
+  ``fail_reason``, and the user attributes of ``search.study.rundir.TRIAL_ATTRS``; a constraint
+  ``relus - budget`` (Optuna's ``set_constraint``) lets the sampler learn where the budget lies; a
+  trial Tune stopped after it saved its result (``trials/<n>/result.json``) is recorded from that;
+- on a storage fault (read-only, disk full, server gone) records nothing more, asks for no more
+  trials and sets :attr:`StudySearcher.fault`, which stops the study (:mod:`search.study.engine`);
 - calls ``on_recorded`` with the stored trial only after storage has it, so a progress line never
   runs ahead of the storage;
 - under a :class:`~search.study.timeshare.TimeShare`, fixes each new trial's strategy to the one that has
@@ -19,9 +22,8 @@ a trial which Optuna trial it is. This subclass (checked against Ray 2.60's sour
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -31,12 +33,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.objectives import Objective
 from search.strategies import Strategy
-from search.study.storage import INTERRUPTED
+from search.study.artifacts import read_result
+from search.study.storage import INTERRUPTED, STORAGE_ERRORS, fail, fault_reason, record
 from search.study.timeshare import TimeShare
 from search.study.trial import TRIAL_KEY
 
 CRASHED = "the trial's Ray worker died (see the Ray logs of the run)"
-_NUMERIC_ATTRS = ("relus", "val_acc", "test_acc", "latency_s", "communication_mb", "seconds", "compute_seconds")
 
 
 TARGET_PARAM = "relu_target"
@@ -77,13 +79,16 @@ class StudySearcher(OptunaSearch):
         sampler: optuna.samplers.BaseSampler,
         study_name: str,
         storage: optuna.storages.BaseStorage,
+        run_dir: Path,
         budget: int | None,
         on_recorded: Callable[[FrozenTrial], None],
         share: TimeShare | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self._objectives = list(objectives)
+        self._run_dir = run_dir
         self._budget = budget
+        self.fault = ""  # set when the storage or the run directory cannot be written: the study stops
         self._on_recorded = on_recorded
         self._share = share
         self._log = log
@@ -101,6 +106,15 @@ class StudySearcher(OptunaSearch):
         return self._ot_study
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.fault:
+            return Searcher.FINISHED
+        try:
+            return self._suggest(trial_id)
+        except STORAGE_ERRORS as err:
+            self._storage_fault(err)
+            return Searcher.FINISHED
+
+    def _suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self._share is None or trial_id in self._ot_trials:
             return super().suggest(trial_id)
         study = self._ot_study
@@ -115,50 +129,32 @@ class StudySearcher(OptunaSearch):
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self.fault:
             return
         if self._share is not None:
             self._share.finished(trial_id)
         trial = self._ot_trials[trial_id]
-        status = (result or {}).get("status")
-        if status is None:
-            self._fail(trial, CRASHED if error else INTERRUPTED)
-        else:
-            self._record(trial, result)  # type: ignore[arg-type]
+        if (result or {}).get("status") is None:  # Tune stopped it, or its worker died: did it save a result?
+            result = read_result(self._run_dir, trial.number)
+        try:
+            if result is None:
+                fail(self._ot_study, trial, CRASHED if error else INTERRUPTED)
+            else:
+                record(self._ot_study, trial, result, [o.name for o in self._objectives], self._budget)
+            stored = self._ot_study._storage.get_trial(trial._trial_id)
+        except STORAGE_ERRORS as err:
+            self._storage_fault(err)
+            return
         self._completed_trials.add(trial_id)
-        self._on_recorded(self._ot_study._storage.get_trial(trial._trial_id))
+        if result is not None and result.get("storage_error"):
+            self.fault = f"cannot write trial {trial.number}'s files in {self._run_dir}: {result['storage_error']}"
+        self._on_recorded(stored)
         if self._share is not None:
             self._log(self._share.summary(self._ot_study))
 
-    def _record(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
-        for key in _NUMERIC_ATTRS:
-            value = result.get(key)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                trial.set_user_attr(key, int(value) if key == "relus" else float(value))
-        for key in ("model_path", "node_ip"):
-            if result.get(key):
-                trial.set_user_attr(key, result[key])
-        trial.set_user_attr("options", json.loads(result.get("options") or "{}"))
-        trial.set_user_attr("feasible", bool(result.get("feasible")))
-        relus = result.get("relus")
-        if self._budget is not None and isinstance(relus, (int, float)) and math.isfinite(relus):
-            trial.set_constraint("relus_over_budget", float(relus) - self._budget)
-        if result["status"] == "infeasible":
-            trial.set_user_attr("infeasible_reason", result.get("reason", ""))
-            self._ot_study.tell(trial, state=TrialState.PRUNED)
-            return
-        values = [result.get(o.name) for o in self._objectives]
-        if result["status"] != "ok":
-            self._fail(trial, result.get("reason") or "failed without a reason")
-        elif not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            self._fail(trial, f"objective values are not all finite numbers: {values}")
-        else:
-            self._ot_study.tell(trial, [float(v) for v in values])  # type: ignore[arg-type]
-
-    def _fail(self, trial: optuna.Trial, reason: str) -> None:
-        trial.set_user_attr("fail_reason", reason)
-        trial.set_user_attr("feasible", False)
-        self._ot_study.tell(trial, state=TrialState.FAIL)
+    def _storage_fault(self, err: BaseException) -> None:
+        """Stop the study: the storage cannot be written (read-only, disk full, server gone)."""
+        self.fault = f"cannot write the study storage: {fault_reason(err)}"
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: every trial is in the Optuna storage, which ``--resume`` reads."""

@@ -1,21 +1,46 @@
-"""The Optuna side of a study, without Ray: samplers, storage, and the trial bookkeeping of resume.
+"""The Optuna side of a study, without Ray: samplers, storage, recording results, and the trial
+bookkeeping of resume.
 
 Kept apart from :mod:`search.study.engine` so the command line can check names and storage URLs (and fail
 in one line) without importing Ray.
+
+A storage is only ever written when it is an Optuna storage or a new, empty file:
+:func:`check_storage` refuses, untouched, a SQLite file or database that holds other tables, a journal
+file that is not Optuna's, and (on ``--resume``) a storage that does not exist.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import SearchError
 from search.objectives import Objective, pareto_front
+from search.outputs import check_writable_dir
+from search.study.artifacts import read_result
+from search.study.rundir import storage_file
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 INTERRUPTED = "interrupted before it finished (rerun by --resume)"
+NUMERIC_ATTRS = ("relus", "val_acc", "test_acc", "latency_s", "communication_mb", "seconds", "compute_seconds")
+# What a storage that cannot be written raises: SQLAlchemy's errors (SQLite, servers), OSError (journal
+# files, full disks) and Optuna's own wrapper.
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, optuna.exceptions.StorageInternalError)
+try:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    STORAGE_ERRORS += (SQLAlchemyError,)
+except ImportError:  # Optuna without SQLAlchemy: journal storages only
+    pass
+# Tables every Optuna RDB storage has; a database holding other tables but not these is not Optuna's.
+_OPTUNA_TABLES = {"studies", "trials", "version_info"}
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -29,6 +54,102 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise SearchError(f"unknown sampler {name!r}; accepted: {', '.join(SAMPLERS)}")
+
+
+def check_storage(url: str, must_exist: bool) -> None:
+    """Refuse, without touching it, a storage that is not Optuna's (or, with ``must_exist``, missing)."""
+    path = storage_file(url)
+    if path is None:
+        if url.startswith(("sqlite:", "journal:")) or "://" not in url:
+            raise SearchError(f"cannot open study storage {url!r}: expected an RDB URL such as sqlite:///study.db or "
+                              "postgresql://user@host/db, or journal:PATH")
+        _check_server(url)
+        return
+    if path.is_dir():
+        raise SearchError(f"study storage {path} is a directory, not a file")
+    if not path.exists():
+        if must_exist:
+            raise SearchError(f"study storage {path} does not exist: the run's finished trials are not there to resume "
+                              "(restore the file, or start a new run)")
+        check_writable_dir(path.parent, "the folder of study storage")
+        return
+    if url.startswith("journal:"):
+        _check_journal(path)
+    else:
+        _check_sqlite(url, path)
+
+
+def _check_sqlite(url: str, path: Path) -> None:
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+        if not header:
+            return  # an empty file: SQLite makes it a database
+        if header != b"SQLite format 3\x00":
+            raise SearchError(f"cannot open study storage {url!r}: {path} is not a SQLite database (damaged, or another "
+                              "kind of file); refusing to write it")
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as err:
+        raise SearchError(f"cannot open study storage {url!r}: {err}") from None
+    except OSError as err:
+        raise SearchError(f"cannot read study storage {path}: {err.strerror or err}") from None
+    _check_tables(str(path), tables)
+
+
+def _check_tables(where: str, tables: set[str]) -> None:
+    if tables and not _OPTUNA_TABLES <= tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise SearchError(f"{where} holds another application's tables ({shown}), not an Optuna storage; "
+                          "refusing to write it: give a new file or an Optuna storage")
+
+
+def _check_journal(path: Path) -> None:
+    """An Optuna journal is one JSON object with an ``op_code`` per line."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(1 << 20)
+    except OSError as err:
+        raise SearchError(f"cannot read study storage {path}: {err.strerror or err}") from None
+    if not first.strip():
+        return
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise SearchError(f"{path} is not an Optuna journal file; refusing to append to it: give a new file or an Optuna journal")
+
+
+def _check_server(url: str) -> None:
+    """A database server: its tables are Optuna's, or it has none."""
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    except Exception as err:  # bad URL, missing driver, unreachable server: all one line for the user
+        raise SearchError(f"cannot open study storage {url!r}: {_first_line(err)}") from None
+    _check_tables(url, tables)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def fault_reason(err: BaseException) -> str:
+    """The root cause of a storage error in one line (Optuna and SQLAlchemy wrap the driver's own
+    error, e.g. SQLite's "database or disk is full", in generic messages)."""
+    while err.__cause__ is not None or getattr(err, "orig", None) is not None:
+        err = err.__cause__ or err.orig  # type: ignore[attr-defined]
+    return _first_line(err)
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -48,6 +169,60 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         ) from None
 
 
+def create_study(url: str, study_name: str, directions: Sequence[str]) -> None:
+    """Create the study in its storage (which :func:`check_storage` has cleared); a name in use is an error."""
+    try:
+        optuna.create_study(storage=open_storage(url), study_name=study_name, directions=list(directions))
+    except optuna.exceptions.DuplicatedStudyError:
+        raise SearchError(f"a study named {study_name} is already in {url}") from None
+    except STORAGE_ERRORS as err:
+        raise SearchError(f"cannot write study storage {url}: {fault_reason(err)}") from None
+
+
+def check_study(storage: optuna.storages.BaseStorage, study_name: str, where: str) -> None:
+    """``--resume`` needs the study in the storage: never start an empty one in its place."""
+    try:
+        storage.get_study_id_from_name(study_name)
+    except KeyError:
+        raise SearchError(f"study {study_name} is not in its storage {where}: nothing to resume there "
+                          "(was the storage replaced?); restore it, or start a new run") from None
+
+
+def record(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any], objectives: Sequence[str], budget: int | None) -> None:
+    """Store a trial's reported ``result``: COMPLETE with its objective values, PRUNED when its plan
+    was over the budget (``infeasible``), FAIL with ``fail_reason`` otherwise; with every user attribute
+    of ``search.study.rundir.TRIAL_ATTRS`` it has."""
+    for key in NUMERIC_ATTRS:
+        value = result.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            trial.set_user_attr(key, int(value) if key == "relus" else float(value))
+    for key in ("model_path", "node_ip"):
+        if result.get(key):
+            trial.set_user_attr(key, result[key])
+    trial.set_user_attr("options", json.loads(result.get("options") or "{}"))
+    trial.set_user_attr("feasible", bool(result.get("feasible")))
+    relus = result.get("relus")
+    if budget is not None and isinstance(relus, (int, float)) and math.isfinite(relus):
+        trial.set_constraint("relus_over_budget", float(relus) - budget)
+    if result.get("status") == "infeasible":
+        trial.set_user_attr("infeasible_reason", result.get("reason", ""))
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    values = [result.get(name) for name in objectives]
+    if result.get("status") != "ok":
+        fail(study, trial, result.get("reason") or "failed without a reason")
+    elif not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        fail(study, trial, f"objective values are not all finite numbers: {values}")
+    else:
+        study.tell(trial, [float(v) for v in values])  # type: ignore[arg-type]
+
+
+def fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr("fail_reason", reason)
+    trial.set_user_attr("feasible", False)
+    study.tell(trial, state=TrialState.FAIL)
+
+
 def finished(trial: FrozenTrial) -> bool:
     """A trial that counts towards the study's total (an interrupted one does not: it is rerun)."""
     if trial.state == TrialState.FAIL:
@@ -55,10 +230,10 @@ def finished(trial: FrozenTrial) -> bool:
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def settle_interrupted(study: optuna.Study) -> int:
-    """Mark trials left RUNNING as FAIL (interrupted) and enqueue each interrupted trial once more
-    with its parameters; returns how many were enqueued."""
-    fail_running(study)
+def settle_interrupted(study: optuna.Study, run_dir: Path, objectives: Sequence[str], budget: int | None) -> int:
+    """Settle the trials left RUNNING (:func:`settle_running`) and enqueue each interrupted trial once
+    more with its parameters; returns how many were enqueued."""
+    settle_running(study, run_dir, objectives, budget)
     trials = study.get_trials(deepcopy=False)
     rerun = {t.user_attrs.get("rerun_of") for t in trials}
     again = [t for t in trials if t.state == TrialState.FAIL and not finished(t) and t.number not in rerun]
@@ -67,11 +242,16 @@ def settle_interrupted(study: optuna.Study) -> int:
     return len(again)
 
 
-def fail_running(study: optuna.Study) -> None:
-    """Mark every RUNNING trial FAIL (interrupted): nothing of this study is running any more."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+def settle_running(study: optuna.Study, run_dir: Path, objectives: Sequence[str], budget: int | None) -> None:
+    """Nothing of this study is running any more: record each RUNNING trial from the result it saved
+    in the run directory, or mark it FAIL (interrupted) when it saved none."""
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial = optuna.Trial(study, frozen._trial_id)
+        result = read_result(run_dir, frozen.number)
+        if result is not None:
+            record(study, trial, result, objectives, budget)
+        else:
+            fail(study, trial, INTERRUPTED)
 
 
 def remaining_trials(study: optuna.Study, total: int) -> int:

@@ -55,7 +55,12 @@ def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
         else:
             metrics, payload = run_one(spec, decided, lines, _node_ip())
         metrics["compute_seconds"] = time.perf_counter() - wall if on_gpu else _cpu_seconds() - cpu
-        ray.get(store.save.remote(int(decided["number"]), payload, "\n".join(lines) + "\n"))
+        try:  # the result reaches the run directory before Tune hears of it: nothing finished is lost
+            ray.get(store.save.remote(int(decided["number"]), payload, "\n".join(lines) + "\n", metrics))
+        except Exception as err:  # a full or read-only disk at the driver: the searcher stops the study
+            cause = getattr(err, "cause", None) or err
+            metrics.update(storage_error=str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__,
+                           model_path="")
         tune.report(metrics)
 
     return trainable
