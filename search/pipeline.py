@@ -39,6 +39,7 @@ class Job:
     device: str = "auto"
     cache_dir: str | None = None
     out: str | None = None
+    early_stop: bool = True  # a strategy training to a target may stop once it is out of reach
 
 
 @dataclass
@@ -103,7 +104,8 @@ def execute(
         teacher_record.update(record)
         return model
 
-    ctx = Context(prepared.model_name, prepared.model_options, data, job.budget, device, job.seed, teacher, cache_dir, log)
+    ctx = Context(prepared.model_name, prepared.model_options, data, job.budget, device, job.seed, teacher, cache_dir, log,
+                  early_stop=job.early_stop)
     outcome = prepared.strategy.run(ctx, prepared.options)
     counted = relu_count(outcome.model, data.info.input_shape)
     if counted != outcome.relus:

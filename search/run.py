@@ -119,7 +119,11 @@ def build_parser() -> ArgumentParser:
                         "trial-timeout: 600, set: [width=0.5]); options on the command line override it")
     parser.add_argument("--dry-run", action="store_true", help="check every option, the data, the run directory and the storage, "
                         "print what would run, and stop: nothing is written, Ray is not started")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show Ray's and Optuna's own logs and the trials' output")
+    parser.add_argument("--no-early-stop", action="store_true", help="run every trial to its end: no pruning of targets out of "
+                        "reach, no stopping of trials dominated at a rung (see README, Early stopping)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("-q", "--quiet", action="store_true", help="print only a line per finished trial and the summary")
+    output.add_argument("-v", "--verbose", action="store_true", help="show Ray's and Optuna's own logs and the trials' output")
     return parser
 
 
@@ -248,6 +252,8 @@ def describe_trial(trial: FrozenTrial, names: Sequence[str]) -> str:
     if trial.state == TrialState.COMPLETE:
         values = "  ".join(f"{n}={_short(v)}" for n, v in zip(names, trial.values))
         return f"{head}  {values}  test_acc={_short(attrs.get('test_acc'))}  ({attrs.get('seconds', 0):.1f}s)"
+    if trial.state == TrialState.PRUNED and "prune_reason" in attrs:
+        return f"{head}  PRUNED: {attrs['prune_reason']}"
     if trial.state == TrialState.PRUNED:
         return f"{head}  INFEASIBLE: {attrs.get('infeasible_reason', '')}"
     return f"{head}  FAILED: {attrs.get('fail_reason', trial.state.name)}"
@@ -295,20 +301,27 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
         teacher_epochs=settings.extra.get("teacher_epochs"), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None, device=args.device,
         fixed_options=settings.extra.get("fixed_options", {}), timeout_s=args.trial_timeout, memory_mb=args.trial_memory,
+        early_stop=not args.no_early_stop,
     )
     budget = f"{settings.budget:,}" if settings.budget else "none"
     print(f"study {settings.study_name}: {', '.join(settings.strategies)} on {settings.model}/{settings.dataset} "
           f"({settings.full_relus:,} ReLUs {'with' if settings.stem_relu else 'without'} the stem ReLU, budget {budget}), "
           f"objectives {', '.join(f'{o.name} ({o.direction})' for o in chosen)}, {_extent(settings)}, sampler {settings.sampler}")
     print(f"run directory {run_dir}, storage {settings.storage}", flush=True)
+    from search.study.display import TrialDisplay, choose_mode
     from search.study.engine import Execution, run_study  # imports Ray: only once the input is known to be good
 
-    execution = Execution(resources, args.concurrency, args.verbose, args.trial_retries or 0)
-    return run_study(
-        run_dir, settings.study_name, settings.storage, strategies, chosen, spec, settings.sampler, settings.seed,
-        settings.trials, settings.full_relus, execution, on_recorded=lambda t: print(describe_trial(t, settings.objectives), flush=True),
-        log=lambda line: print(line, flush=True), minutes_per_strategy=settings.minutes_per_strategy,
-    )
+    execution = Execution(resources, args.concurrency, args.verbose, args.trial_retries or 0, early_stop=not args.no_early_stop)
+    display = TrialDisplay(choose_mode(args.quiet))
+    try:
+        return run_study(
+            run_dir, settings.study_name, settings.storage, strategies, chosen, spec, settings.sampler, settings.seed,
+            settings.trials, settings.full_relus, execution,
+            on_recorded=lambda t: display.finished(t.number, describe_trial(t, settings.objectives)),
+            log=display.say, minutes_per_strategy=settings.minutes_per_strategy, on_progress=display.running,
+        )
+    finally:
+        display.close()
 
 
 def _extent(settings: rundir.RunSettings) -> str:
@@ -456,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             resources = cluster.fit_resources(args.cpus_per_trial, args.gpus_per_trial, lambda m: print(m, file=sys.stderr))
             if plan.new:  # run.json only once its study exists: from here on the directory can be resumed
-                create_study(settings.storage, settings.study_name, settings.directions)
+                create_study(settings.storage, settings.study_name, settings.directions, settings.objectives)
                 rundir.write_settings(run_dir, settings)
             study = _run(args, run_dir, settings, plan.strategies, plan.objectives, resources)
         except KeyboardInterrupt:
@@ -466,8 +479,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cluster.disconnect()
         lock.release()
     front = pareto_trials(study, plan.objectives)
-    counts = {s.name: sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    print(f"\n{counts['COMPLETE']} complete, {counts['PRUNED']} infeasible, {counts['FAIL']} failed; "
+    trials = study.get_trials(deepcopy=False)
+    complete, failed = (sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.FAIL))
+    pruned = sum(t.state == TrialState.PRUNED and "prune_reason" in t.user_attrs for t in trials)
+    infeasible = sum(t.state == TrialState.PRUNED for t in trials) - pruned
+    print(f"\n{complete} complete, {pruned} pruned early, {infeasible} infeasible, {failed} failed; "
           f"Pareto-optimal trials ({len(front)}):")
     print(pareto_table(front, plan.objectives) if front else "(none: no trial completed)")
     write_report(run_dir)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search import progress
 from search.data import Dataset, Loader
 from search.errors import SearchError
 
@@ -234,7 +235,9 @@ def fit(
             result.best_val_acc, result.best_epoch = stats.val_acc, epoch
             if select_best:
                 best_state = copy.deepcopy(model.state_dict())
-        if on_epoch_end is not None and on_epoch_end(stats):
+        stop = on_epoch_end is not None and on_epoch_end(stats)
+        progress.epoch_done(label, epoch, config.epochs, stats.val_acc, stats.seconds)  # after on_epoch_end: it may note a count
+        if stop:
             result.stopped_early = True
             break
     if best_state is not None:

@@ -58,8 +58,12 @@ def load(run_dir: Path) -> tuple[rundir.RunSettings, optuna.Study]:
     return settings, optuna.load_study(study_name=settings.study_name, storage=settings.storage)
 
 
+RUNNING_LINE = re.compile(r"trial +\d+ \S+ +\w+ \d+/\d+ val_acc ")  # search.study.display: a trial's progress
+
+
 def progress_lines(stdout: str) -> list[str]:
-    return [line for line in stdout.splitlines() if re.match(r"trial +\d+ ", line)]
+    """The permanent line of each finished trial (not the progress lines of running ones)."""
+    return [line for line in stdout.splitlines() if re.match(r"trial +\d+ ", line) and not RUNNING_LINE.match(line)]
 
 
 def stop_group(process: subprocess.Popen[str]) -> None:

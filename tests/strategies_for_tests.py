@@ -206,3 +206,42 @@ class Hog(Strategy):
             held.append(np.ones(64 * 1024 * 1024, dtype=np.uint8))  # written, so resident
             time.sleep(0.02)
         raise RuntimeError(f"Hog held {options.mb} MB and nothing stopped it")
+
+
+@dataclass(frozen=True)
+class CurveOptions:
+    epochs: int = 8
+    seconds: float = 0.3  # per epoch
+
+
+# Trial n of a Curve study: (final validation accuracy, ReLU sites switched off). Trial 1 has trial 0's
+# count and a far lower curve: dominated at the first rung. Trial 2 is as low but has fewer ReLUs: spared.
+CURVES = ((0.95, 0), (0.50, 0), (0.50, 2), (0.90, 1))
+
+
+class Curve(Strategy):
+    """Announces a known learning curve (no training): accuracy ``final * epoch / epochs`` for the
+    trial's row of ``CURVES``, slow enough (``seconds`` per epoch) to be watched and stopped. The
+    model it returns is the untrained one with the row's first sites switched off."""
+
+    name = "curve"
+    Options = CurveOptions
+
+    def suggest(self, trial: Any, budget: int | None) -> dict[str, Any]:
+        return {}
+
+    def run(self, ctx: Context, options: CurveOptions) -> Outcome:
+        from search import progress
+
+        final, off = CURVES[ctx.seed % len(CURVES)]  # the study seeds trial n with seed + n (seed 0 here)
+        info = ctx.data.info
+        model = _build(ctx.model_name, ctx.model_options, info.input_shape, info.num_classes).to(ctx.device)
+        for site in sites(model)[:off]:
+            site.switch_off()
+        relus = relu_count(model, info.input_shape)
+        progress.note_relus(relus)
+        for epoch in range(1, options.epochs + 1):
+            time.sleep(options.seconds)
+            ctx.log(f"curve epoch {epoch}/{options.epochs}")
+            progress.epoch_done("train", epoch, options.epochs, final * epoch / options.epochs, options.seconds)
+        return Outcome(model, ctx.model_name, ctx.model_options, relus, final)

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from search.study import rundir
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import HEAD_IP, WORKER_IP, namespaces, two_node_cluster  # noqa: F401 (namespaces: a fixture)
+from tests.helpers import HEAD_IP, RUNNING_LINE, WORKER_IP, namespaces, two_node_cluster  # noqa: F401 (namespaces: a fixture)
 
 QUICK = "tests.strategies_for_tests:Quick"
 
@@ -50,5 +50,11 @@ def test_study_runs_trials_on_both_nodes(namespaces: tuple[str, str], tmp_path: 
         trials = optuna.load_study(study_name=settings.study_name, storage=settings.storage).get_trials()
         assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
         assert {t.user_attrs["node_ip"] for t in trials} == {HEAD_IP, WORKER_IP}
+        lines = stdout.splitlines()
         for trial in trials:  # models from both nodes reach the driver's run directory
             assert (run_dir / trial.user_attrs["model_path"]).is_file()
+            # ... and so does their progress, before their permanent line (the trial still running)
+            running = [i for i, line in enumerate(lines) if RUNNING_LINE.match(line) and line.split()[1] == str(trial.number)]
+            done = [i for i, line in enumerate(lines) if line.split()[:2] == ["trial", str(trial.number)] and "accuracy=" in line]
+            assert running and done and running[0] < done[0], (trial.number, trial.user_attrs["node_ip"], stdout[-3000:])
+            assert sorted(trial.intermediate_values), "every epoch is an intermediate value"

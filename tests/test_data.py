@@ -17,7 +17,7 @@ from search.errors import SearchError
 
 def test_digits_splits_are_disjoint_fixed_and_stratified() -> None:
     a, b = load_dataset("digits"), load_dataset("digits")
-    assert (len(a.train), len(a.val), len(a.test)) == (1295, 143, 359)
+    assert (len(a.train), len(a.val), len(a.test)) == (1004, 434, 359)  # validation: 30% of the 1,438 training images
     assert torch.equal(a.val.images, b.val.images) and torch.equal(a.test.labels, b.test.labels)
     rows = lambda s: {tuple(img.flatten().tolist()) for img in s.images}  # noqa: E731
     assert not rows(a.val) & rows(a.test)

@@ -119,9 +119,10 @@ def test_driver_killed_three_times_then_resumed(killed_and_resumed: tuple[Path, 
 
 
 def test_time_and_memory_limits_stop_trials_and_the_study_goes_on(tmp_path: Path, cache: list[str]) -> None:
-    # Seed 11 of the random sampler draws Hog, Nap, Quick (checked against Optuna's RandomSampler).
+    # A new study runs each strategy's default recipe first, in the order given: Hog, Nap, then Quick,
+    # which starts once Hog is stopped and completes while Nap still sleeps.
     run_dir = tmp_path / "run"
-    done = run(["--strategy", f"{QUICK},{NAP},{HOG}", "--trials", "3", "--sampler", "random", "--seed", "11",
+    done = run(["--strategy", f"{HOG},{NAP},{QUICK}", "--trials", "3", "--sampler", "random", "--seed", "11",
                 "--set", "nap.seconds=600", "--trial-timeout", "20", "--trial-memory", "1500",
                 "--run-dir", str(run_dir), "--teacher-epochs", "2", "--concurrency", "2", *cache], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -20,7 +20,7 @@ from search.masked_relu import fused_backward, soft_masked_relu
 from search.pipeline import Job, execute, prepare
 from search.relu import relu_count, sites, trace_shapes
 from search.spaces import build_model
-from search.strategies import PlanNeedsTraining, get_strategy
+from search.strategies import PlanNeedsTraining, TargetOutOfReach, get_strategy
 from search.train import EpochStats, evaluate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +42,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _run(digits, budget: int, **options: str):
-    job = Job(strategy="snl", dataset="digits", budget=budget, strategy_options={**FAST, **options}, teacher_epochs=TEACHER_EPOCHS)
+def _run(digits, budget: int, early_stop: bool = True, **options: str):
+    job = Job(strategy="snl", dataset="digits", budget=budget, strategy_options={**FAST, **options}, teacher_epochs=TEACHER_EPOCHS,
+              early_stop=early_stop)
     return execute(prepare(job), log=lambda line: None, data=digits)
 
 
@@ -106,6 +107,8 @@ def test_channel_masks_count_in_whole_channels(digits):
 
 def test_max_epochs_without_reaching_budget_fails_with_reason(digits):
     with pytest.raises(SearchError, match=r"did not reach the budget of 46 ReLUs in max_epochs=1"):
+        _run(digits, 46, early_stop=False, lam="0", max_epochs="1")
+    with pytest.raises(TargetOutOfReach, match=r"snl cannot reach 46 ReLUs in max_epochs=1"):  # early stopping says so sooner
         _run(digits, 46, lam="0", max_epochs="1")
 
 

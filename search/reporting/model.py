@@ -74,8 +74,10 @@ class TrialRow:
 
     @property
     def over_budget(self) -> bool:
-        """Finished over the budget, or stopped before training because its plan was (Optuna state PRUNED)."""
-        return self.state in ("COMPLETE", "PRUNED") and not self.feasible and self.relus is not None
+        """Finished over the budget, or stopped before training because its plan was (Optuna state PRUNED
+        with an ``infeasible_reason``; a trial stopped early has a ``prune_reason`` instead)."""
+        over = self.state == "COMPLETE" or (self.state == "PRUNED" and "infeasible_reason" in self.attrs)
+        return over and not self.feasible and self.relus is not None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import inspect
 from importlib.metadata import entry_points
 
 from search.errors import SearchError
-from search.strategies.base import Context, Outcome, PlanNeedsTraining, Strategy
+from search.strategies.base import Context, Outcome, PlanNeedsTraining, Strategy, TargetOutOfReach
 
 ENTRY_POINT_GROUP = "search.strategies"
 
@@ -63,4 +63,4 @@ def get_strategy(name: str) -> Strategy:
     return cls()
 
 
-__all__ = ["Context", "Outcome", "PlanNeedsTraining", "Strategy", "get_strategy", "list_strategies", "ENTRY_POINT_GROUP"]
+__all__ = ["Context", "Outcome", "PlanNeedsTraining", "Strategy", "TargetOutOfReach", "get_strategy", "list_strategies", "ENTRY_POINT_GROUP"]

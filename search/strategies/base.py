@@ -8,6 +8,7 @@ name and options that rebuild it). Its options are a frozen dataclass: the field
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Context:
     teacher: Callable[[], nn.Module]
     cache_dir: Path
     log: Callable[[str], None] = print
+    early_stop: bool = True  # stop (TargetOutOfReach) once the budget is clearly out of reach
 
 
 @dataclass
@@ -51,6 +53,11 @@ class Outcome:
     relus: int
     val_acc: float
     details: dict[str, Any] = field(default_factory=dict)
+
+
+class TargetOutOfReach(SearchError):
+    """Raised by a strategy training down to a ReLU target once it can no longer reach it within its
+    epochs (only with ``Context.early_stop``); a study records the trial PRUNED with this reason."""
 
 
 class PlanNeedsTraining(SearchError):
@@ -68,6 +75,17 @@ class Strategy(ABC):
     Options: ClassVar[type]
     summary: ClassVar[str] = ""
     trains_to_budget: ClassVar[bool] = False
+    uses_target: ClassVar[bool] = False  # its suggest() sizes the trial to the study's sampled ``relu_target``
+
+    def default_params(self, dataset: str) -> dict[str, Any]:
+        """The documented default recipe as study parameters (``<name>/<option>``): a study's first
+        trial of this strategy runs it, so the sampler starts from a known-good point. Options whose
+        default is None and has no per-dataset value (``Options.resolved(dataset)``) are left to it."""
+        options = self.Options()
+        if hasattr(options, "resolved"):
+            options = options.resolved(dataset)
+        return {f"{self.name}/{f.name}": getattr(options, f.name) for f in dataclasses.fields(options)
+                if getattr(options, f.name) is not None}
 
     def parse_options(self, raw: Mapping[str, Any]) -> Any:
         """Typed, range-checked options from ``--set`` strings or sampled values."""

@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from search import progress
 from search.data import DatasetInfo
 from search.errors import SearchError
 from search.relu import relu_count
 from search.spaces import build_model
-from search.spaces.cnet import CNet, Op, OPS, format_skips, parse_skips
+from search.spaces.cnet import OPS, CNet, Op, format_skips, parse_skips
 from search.strategies.base import Context, Outcome, Strategy
 from search.train import fit, teacher_config
 
@@ -170,6 +171,7 @@ class CryptoNAS(Strategy):
     """ReLU-balanced, one-ReLU-per-layer CNets sized to a ReLU budget (see the module docstring)."""
 
     name = "cryptonas"
+    uses_target = True  # sizes its network to a fraction of the trial's relu_target
     Options = CryptoNASOptions
     summary = (
         "CryptoNAS (Ghodsi et al. 2020): build a ReLU-balanced CNet (model cnet: one ReLU per layer, channels x4 at "
@@ -218,6 +220,7 @@ class CryptoNAS(Strategy):
     def run(self, ctx: Context, options: CryptoNASOptions) -> Outcome:
         info = ctx.data.info
         arch, model, relus = checked_candidate(options, info, ctx.budget, ctx.log)
+        progress.note_relus(relus)
         recipe = teacher_config(info.name)
         config = replace(
             recipe,

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 
+from search import progress
 from search.data import DatasetInfo
 from search.errors import SearchError
 from search.relu import relu_count, sites, trace_shapes
-from search.spaces import build_model, model_options as declared_model_options
+from search.spaces import build_model
+from search.spaces import model_options as declared_model_options
 from search.spaces.resnet import BasicBlock, CifarResNet
 from search.strategies.base import Context, Outcome, PlanNeedsTraining, Strategy
 from search.strategies.criticality import Criticality, cached_order, criticality, stage_label, stage_sites
@@ -377,6 +379,7 @@ class DeepReDuce(Strategy):
         spec, relus, candidates = choose_plan(counter, options, labels, measured.order if measured else None, ctx.budget)
         how = f"the most ReLUs within the budget of {ctx.budget:,} among {candidates} candidate plans" if candidates > 1 else "as set"
         ctx.log(f"deepreduce plan {spec.describe()}: {relus:,} ReLUs ({how})")
+        progress.note_relus(relus)
 
         student, student_options = build_plan(ctx.model_name, ctx.model_options, info.input_shape, info.num_classes, spec)
         same_architecture = spec.alpha == 1 and spec.rho == 1

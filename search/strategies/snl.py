@@ -13,6 +13,7 @@ paper's channel variant is available, the finetuned checkpoint is selected on th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,11 +21,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from search import progress
 from search.data import DatasetInfo, Loader
 from search.errors import SearchError
 from search.relu import ReLUSite, relu_count, sites, trace_shapes
 from search.spaces import build_model
-from search.strategies.base import Context, Outcome, Strategy
+from search.strategies.base import Context, Outcome, Strategy, TargetOutOfReach
 from search.train import EpochStats, TrainConfig, evaluate, fit
 
 if TYPE_CHECKING:
@@ -114,9 +116,38 @@ class _Lasso:
         return self.lam * total  # type: ignore[return-value]
 
 
+REACH_SPEEDUP = 2.0  # how much faster (in log terms) than its best epoch so far the count may still fall
+
+
+def travel_epochs(lr: float, epsilon: float, steps_per_epoch: int) -> float:
+    """The fewest epochs in which Adam can take a mask from 1 to ``epsilon``: it moves a parameter by
+    about ``lr`` per step at most, so no count can fall before then."""
+    return (1.0 - epsilon) / (lr * max(steps_per_epoch, 1))
+
+
+def out_of_reach(counts: list[int], full: int, budget: int, epochs_left: int) -> bool:
+    """SNL's early-stop rule, judged once the masks have had time to move (:func:`travel_epochs`,
+    and the warm-up): True when even an optimistic projection misses the budget.
+
+    The projection repeats, for every remaining epoch, the best fall of any epoch so far (as a ratio
+    of counts, the first epoch measured from the full count), ``REACH_SPEEDUP`` times faster in log
+    terms, allowing for lambda growing by kappa on stalled epochs. A count that has not fallen at all
+    by then is out of reach.
+    """
+    if not counts or counts[-1] <= budget:
+        return False
+    ratios = [after / before for before, after in zip([full, *counts[:-1]], counts) if before > 0]
+    best = min(min(ratios), 1.0)
+    if best <= 0.0:
+        return False
+    projected = math.log(counts[-1]) + REACH_SPEEDUP * epochs_left * math.log(best)
+    return projected > math.log(budget)
+
+
 class _Schedule:
     """SNL's epoch hook: count ReLUs, grow lambda by kappa on epochs without a new low (after the
-    warm-up), stop once the count is within the budget."""
+    warm-up), stop once the count is within the budget; with ``early_stop``, raise TargetOutOfReach
+    after the warm-up once :func:`out_of_reach` says so."""
 
     def __init__(
         self,
@@ -127,9 +158,15 @@ class _Schedule:
         kappa: float,
         warmup: int,
         log: Callable[[str], None],
+        full: int = 0,
+        max_epochs: int = 0,
+        early_stop: bool = False,
+        travel: float = 0.0,
     ) -> None:
         self.model, self.input_shape, self.budget, self.lasso, self.log = model, input_shape, budget, lasso, log
         self.kappa, self.warmup = kappa, warmup
+        self.full, self.max_epochs, self.early_stop = full, max_epochs, early_stop
+        self.judge_after = max(warmup, travel, 1.0)  # epochs before which no fall can be expected
         self.lowest: int | None = None
         self.counts: list[int] = []
         self.lambdas: list[float] = []
@@ -145,7 +182,20 @@ class _Schedule:
         elif stats.epoch > self.warmup:
             self.lasso.lam *= self.kappa
         self.log(f"snl epoch {stats.epoch}: relus {count:,} (budget {self.budget:,}), lambda {self.lambdas[-1]:.3g}")
+        progress.note_relus(count)
         self.reached = count <= self.budget
+        if self.early_stop and not self.reached and self.judge_after >= self.max_epochs:
+            raise TargetOutOfReach(
+                f"snl cannot reach {self.budget:,} ReLUs in max_epochs={self.max_epochs}: at this lr Adam needs about "
+                f"{self.judge_after:.0f} epochs to move a mask from 1 to epsilon; stopped early (raise lr or max_epochs, or --no-early-stop)"
+            )
+        if (self.early_stop and not self.reached and stats.epoch > self.judge_after
+                and out_of_reach(self.counts, self.full, self.budget, self.max_epochs - stats.epoch)):
+            raise TargetOutOfReach(
+                f"snl cannot reach {self.budget:,} ReLUs in max_epochs={self.max_epochs}: still {count:,} after epoch "
+                f"{stats.epoch} (lambda {self.lasso.lam:.3g}), and even twice its best fall per epoch so far would not get "
+                "there; stopped early (raise lam, kappa or max_epochs, or --no-early-stop)"
+            )
         return self.reached
 
 
@@ -189,6 +239,7 @@ class SNL(Strategy):
     name = "snl"
     Options = SNLOptions
     trains_to_budget = True
+    uses_target = True
     summary = (
         "Selective Network Linearization (Cho et al. 2022): learn per-pixel or per-channel ReLU masks with "
         "a Lasso penalty (lambda grown by kappa on epochs without a new low) until the count is within the "
@@ -238,7 +289,9 @@ class SNL(Strategy):
             site.count_threshold = opts.epsilon
 
         lasso = _Lasso(masked, opts.lam)
-        schedule = _Schedule(model, info.input_shape, ctx.budget, lasso, opts.kappa, opts.warmup, ctx.log)
+        schedule = _Schedule(model, info.input_shape, ctx.budget, lasso, opts.kappa, opts.warmup, ctx.log, full=full,
+                             max_epochs=opts.max_epochs, early_stop=ctx.early_stop,  # type: ignore[arg-type]
+                             travel=travel_epochs(opts.lr, opts.epsilon, math.ceil(len(ctx.data.train) / opts.batch_size)))  # type: ignore[arg-type]
         mask_config = TrainConfig(
             epochs=opts.max_epochs,  # type: ignore[arg-type]
             optimizer="adam",
@@ -266,6 +319,7 @@ class SNL(Strategy):
             for site in masked:
                 site.binarize()
         binary_count = relu_count(model, info.input_shape)
+        progress.note_relus(binary_count)
         ctx.log(f"snl: masks binarized and frozen: {binary_count:,} ReLUs (budget {ctx.budget:,}, {count_at_stop:,} above epsilon)")
 
         finetune_config = TrainConfig(

@@ -25,13 +25,20 @@ class ArtifactStore:
     def __init__(self, run_dir: str) -> None:
         self.run_dir = Path(run_dir)
 
+    def append_log(self, number: int, text: str) -> None:
+        """Add a running trial's new log lines to ``trials/<n>/log.txt`` (``tail -f`` follows it)."""
+        path = trial_model_path(self.run_dir, number).with_name("log.txt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(text)
+
     def save(self, number: int, model: bytes | None, log: str, result: dict[str, Any]) -> None:
         """Write trial ``number``'s model (when it produced one), its log, then its result."""
         model_path = trial_model_path(self.run_dir, number)
         model_path.parent.mkdir(parents=True, exist_ok=True)
         if model is not None:
             write_atomic(model_path, model)
-        write_atomic(model_path.with_name("log.txt"), log.encode())
+        write_atomic(model_path.with_name("log.txt"), log.encode())  # the whole log, over what append_log wrote
         write_atomic(model_path.with_name(RESULT_FILE), json.dumps(result, default=str).encode())
 
 

@@ -32,7 +32,8 @@ from search.objectives import Objective
 from search.strategies import Strategy
 from search.study import cluster
 from search.study.artifacts import start_store
-from search.study.searcher import StudySearcher, define_space
+from search.study.halving import Rungs, rung_scheduler
+from search.study.searcher import StudySearcher, define_space, enqueue_defaults
 from search.study.storage import (
     STORAGE_ERRORS,
     existing_trials,
@@ -45,7 +46,7 @@ from search.study.storage import (
 )
 from search.study.timeshare import TimeShare
 from search.study.trainable import make_trainable
-from search.study.trial import TrialSpec
+from search.study.trial import TRIAL_KEY, TrialSpec
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Execution:
     concurrency: int | None = None
     verbose: bool = False
     retries: int = 0  # times Ray Tune reruns a trial whose worker or node died (0: record it FAILED)
+    early_stop: bool = True  # the rung rule of search.study.halving (off: --no-early-stop)
 
 
 def run_study(
@@ -73,11 +75,13 @@ def run_study(
     on_recorded: Callable[[FrozenTrial], None],
     log: Callable[[str], None] = print,
     minutes_per_strategy: float | None = None,
+    on_progress: Callable[[int, str, dict[str, Any]], None] | None = None,
 ) -> optuna.Study:
     """Run (or continue) the study until it has ``total`` finished trials or, with
     ``minutes_per_strategy``, every strategy has used that much compute time (whichever comes first;
     ``total`` None: no cap), on the Ray this process is connected to (:func:`search.study.cluster.connect`);
-    returns the study."""
+    returns the study. ``on_progress(number, strategy, event)`` hears every finished epoch of every
+    running trial (see :mod:`search.progress`)."""
     from ray import tune
 
     storage = open_storage(storage_url)
@@ -102,6 +106,9 @@ def run_study(
     settle_interrupted(study, run_dir, names, spec.budget)
     interrupted = threading.Event()  # set by the first Ctrl-C (_first_ctrl_c_stops)
     remaining = remaining_trials(study, total) if total is not None else -1  # -1: until the time share ends it
+    if not study.get_trials(deepcopy=False):  # a new study starts from each strategy's default recipe
+        first = list(strategies) if remaining < 0 else list(strategies)[:remaining]
+        enqueue_defaults(study, {name: strategies[name] for name in first}, spec.budget or full_relus, spec.dataset)
     concurrency = execution.concurrency or max(1, int(_cluster_cpus() // resources.cpus))
     if share is not None and share.next_strategy(study) is None:
         log(f"every strategy has used its {minutes_per_strategy:g} min of compute time: no trial to run")
@@ -114,7 +121,8 @@ def run_study(
         tuner = tune.Tuner(
             tune.with_resources(make_trainable(spec, start_store(run_dir)), {"cpu": resources.cpus, "gpu": resources.gpus}),
             tune_config=tune.TuneConfig(
-                search_alg=searcher, num_samples=remaining, max_concurrent_trials=concurrency, reuse_actors=True
+                search_alg=searcher, num_samples=remaining, max_concurrent_trials=concurrency, reuse_actors=True,
+                scheduler=rung_scheduler(Rungs(), searcher.pruned) if execution.early_stop else None,
             ),
             run_config=tune.RunConfig(
                 name=study_name,
@@ -122,6 +130,7 @@ def run_study(
                 verbose=1 if execution.verbose else 0,
                 failure_config=tune.FailureConfig(max_failures=execution.retries),
                 stop=_stopper(lambda: bool(searcher.fault) or interrupted.is_set()),
+                callbacks=[progress_callback(on_progress)] if on_progress else None,
             ),
         )
         with _first_ctrl_c_stops(interrupted, log):
@@ -137,6 +146,22 @@ def run_study(
     if interrupted.is_set():
         raise RunInterrupted(f"interrupted: finished trials are kept in the study's storage; resume with: {resume}")
     return study
+
+
+def progress_callback(on_progress: Callable[[int, str, dict[str, Any]], None]) -> Any:
+    """A Tune callback handing each running trial's progress reports to ``on_progress``."""
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
+            if result.get("status") == "running":
+                decided = trial.config[TRIAL_KEY]
+                on_progress(int(decided["number"]), str(decided["strategy"]), result)
+
+        def __reduce__(self) -> tuple[Any, ...]:  # Tune pickles its run config; the display lives in this process
+            return (Callback, ())
+
+    return Progress()
 
 
 def _stopper(should_stop: Callable[[], bool]) -> Any:

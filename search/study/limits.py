@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search.study.trial import TrialSpec, blank_metrics, run_one
+from search.study.trial import ProgressSink, TrialSpec, blank_metrics, run_one
 
 WATCH_INTERVAL_S = 0.1
 _MEMORY_EXIT = 3  # the child's exit code when its watchdog stopped it
@@ -43,25 +43,31 @@ def memory_reason(peak_mb: float, limit_mb: int) -> str:
     return f"memory limit exceeded: peak resident memory {peak_mb:,.0f} MB over --trial-memory {limit_mb:,} MB (stopped)"
 
 
-def run_limited(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str = "") -> tuple[dict[str, Any], bytes | None]:
+def run_limited(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str = "",
+                on_progress: ProgressSink | None = None) -> tuple[dict[str, Any], bytes | None]:
     """Like :func:`search.study.trial.run_one`, in a child process held to ``spec.timeout_s`` and
-    ``spec.memory_mb``; never raises."""
+    ``spec.memory_mb``; the child's progress reaches ``on_progress`` as it happens (the child appends
+    it to a file this process polls). Never raises."""
     with tempfile.TemporaryDirectory(prefix="search-limited-") as tmp:
         folder = Path(tmp)
         (folder / "in.json").write_text(json.dumps({"spec": dataclasses.asdict(spec), "decided": decided, "node_ip": node_ip}))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         start = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "search.study.limits", str(folder)], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            _, stderr = child.communicate(timeout=spec.timeout_s)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
-            stderr = b""
-            timed_out = True
-        else:
-            timed_out = False
+        with open(folder / "stderr.txt", "wb") as stderr_file:
+            child = subprocess.Popen([sys.executable, "-m", "search.study.limits", str(folder)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=stderr_file, preexec_fn=_die_with_parent)
+        events = _EventReader(folder / EVENTS_FILE, on_progress)
+        timed_out = False
+        while child.poll() is None:
+            events.relay()
+            if spec.timeout_s is not None and time.perf_counter() - start > spec.timeout_s:
+                child.kill()
+                child.wait()
+                timed_out = True
+                break
+            time.sleep(WATCH_INTERVAL_S)
+        events.relay()
+        stderr = (folder / "stderr.txt").read_bytes()
         out = folder / "out.json"
         if out.is_file():
             result = json.loads(out.read_text())
@@ -94,6 +100,43 @@ def _watch_memory(limit_mb: int, folder: Path, spec: TrialSpec, decided: dict[st
         time.sleep(WATCH_INTERVAL_S)
 
 
+EVENTS_FILE = "events.jsonl"
+
+
+def _append_event(folder: Path, event: dict[str, Any], new_lines: list[str]) -> None:
+    """In the child: one JSON line per progress event, with the log lines written since the last."""
+    with open(folder / EVENTS_FILE, "a") as out:
+        out.write(json.dumps({"event": event, "log": new_lines}) + "\n")
+
+
+class _EventReader:
+    """In the parent: hands each complete line the child appended to ``on_progress``."""
+
+    def __init__(self, path: Path, on_progress: ProgressSink | None) -> None:
+        self.path, self.on_progress, self.offset = path, on_progress, 0
+
+    def relay(self) -> None:
+        if self.on_progress is None or not self.path.is_file():
+            return
+        with open(self.path, "rb") as events:
+            events.seek(self.offset)
+            chunk = events.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            record = json.loads(line)
+            self.on_progress(record["event"], record["log"])
+
+
+def _die_with_parent() -> None:
+    """The child dies with its Ray worker (a stopped or pruned trial's worker is killed), on Linux."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _write_result(folder: Path, metrics: dict[str, Any], log_lines: list[str]) -> None:
     tmp = folder / "out.json.tmp"
     tmp.write_text(json.dumps({"metrics": metrics, "log": log_lines}))
@@ -109,7 +152,7 @@ def _child(folder: Path) -> None:
     if spec.memory_mb:
         threading.Thread(target=_watch_memory, args=(spec.memory_mb, folder, spec, given["decided"], given["node_ip"], lines, start),
                          daemon=True).start()
-    metrics, payload = run_one(spec, given["decided"], lines, given["node_ip"])
+    metrics, payload = run_one(spec, given["decided"], lines, given["node_ip"], on_progress=lambda event, new: _append_event(folder, event, new))
     if payload is not None:
         (folder / "model.pt").write_bytes(payload)
     _write_result(folder, metrics, lines)

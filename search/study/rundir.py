@@ -25,7 +25,9 @@ trial, ``fail_reason``. Trial values follow ``RunSettings.objectives`` in order.
 
 Also recorded: ``options`` (the strategy options the trial used, sampled and fixed), ``node_ip`` (the
 Ray node it ran on), ``infeasible_reason`` for a PRUNED trial whose plan was over the budget (it
-never trained and is never on the Pareto front; its ``relus`` is the plan's count), and ``rerun_of``
+never trained and is never on the Pareto front; its ``relus`` is the plan's count), ``prune_reason``
+for a PRUNED trial stopped early (its target out of reach, or dominated at a rung: see
+:mod:`search.study.halving`; its epochs' validation accuracies are its intermediate values), and ``rerun_of``
 on a trial rerunning one that a killed run interrupted (that one is FAIL with ``fail_reason``
 ``interrupted ...``). With a budget, every recorded trial carries the Optuna constraint
 ``relus_over_budget`` = relus - budget (feasible when <= 0).
@@ -70,6 +72,7 @@ TRIAL_ATTRS = (
     "options",
     "node_ip",
     "infeasible_reason",
+    "prune_reason",
     "rerun_of",
 )
 

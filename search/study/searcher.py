@@ -45,20 +45,21 @@ TARGET_PARAM = "relu_target"
 
 
 def define_space(strategies: dict[str, Strategy], cap: int) -> Callable[[optuna.Trial], dict[str, Any]]:
-    """Define-by-run space: the strategy (a categorical when there are several), a ReLU target, then
-    the strategy's own options.
+    """Define-by-run space: the strategy (a categorical when there are several), a ReLU target for
+    strategies that use one (``Strategy.uses_target``), then the strategy's own options.
 
     The target (``relu_target``, log-uniform between 1% of ``cap`` and ``cap``, the budget or the full
     count) is what budget-driven strategies aim at in this trial: SNL trains down to it, CryptoNAS
     sizes its network to it. Without it every SNL trial would land on the same count and the study
-    would have no accuracy-for-ReLUs trade-off to show.
+    would have no accuracy-for-ReLUs trade-off to show. Strategies that ignore it (DeepReDuce) never
+    sample it: no dead dimension in the sampler's space.
     """
 
     def space(trial: optuna.Trial) -> dict[str, Any]:
         names = list(strategies)
         name = trial.suggest_categorical("strategy", names) if len(names) > 1 else names[0]
         trial.set_user_attr("strategy", name)
-        target = trial.suggest_int(TARGET_PARAM, max(1, cap // 100), cap, log=True)
+        target = trial.suggest_int(TARGET_PARAM, max(1, cap // 100), cap, log=True) if strategies[name].uses_target else cap
         decided: dict[str, Any] = {"strategy": name, "options": {}, "number": trial.number, "target": target}
         try:
             decided["options"] = strategies[name].suggest(trial, target)
@@ -67,6 +68,16 @@ def define_space(strategies: dict[str, Strategy], cap: int) -> Callable[[optuna.
         return {TRIAL_KEY: decided}
 
     return space
+
+
+def enqueue_defaults(study: optuna.Study, strategies: dict[str, Strategy], cap: int, dataset: str) -> None:
+    """A new study's first trial of each strategy runs its default recipe (target: 10% of ``cap``)."""
+    for name, strategy in strategies.items():
+        params: dict[str, Any] = {"strategy": name} if len(strategies) > 1 else {}
+        if strategy.uses_target:
+            params[TARGET_PARAM] = max(1, cap // 10)
+        params.update(strategy.default_params(dataset))
+        study.enqueue_trial(params, user_attrs={"strategy": name, "default_recipe": True}, skip_if_exists=True)
 
 
 class StudySearcher(OptunaSearch):
@@ -89,6 +100,7 @@ class StudySearcher(OptunaSearch):
         self._run_dir = run_dir
         self._budget = budget
         self.fault = ""  # set when the storage or the run directory cannot be written: the study stops
+        self.pruned: dict[str, str] = {}  # Tune trial id -> why the rung rule stopped it
         self._on_recorded = on_recorded
         self._share = share
         self._log = log
@@ -128,13 +140,32 @@ class StudySearcher(OptunaSearch):
         self._share.started(trial_id, self._ot_trials[trial_id].user_attrs.get("strategy", strategy))
         return config
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """A finished epoch: its validation accuracy becomes the trial's intermediate value at its step
+        (optuna-dashboard draws the learning curves), and the rung rule may stop the trial."""
+        trial = self._ot_trials.get(trial_id)
+        if trial is None or self.fault or result.get("status") != "running" or trial_id in self._completed_trials:
+            return
+        try:
+            self._ot_study._storage.set_trial_intermediate_value(trial._trial_id, int(result["step"]), float(result["val_acc"]))
+        except STORAGE_ERRORS as err:
+            self._storage_fault(err)
+
+    def _prune_at_rung(self, trial_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        """A trial the rung rule stopped: Tune hands its rung report here, not to :meth:`on_trial_result`."""
+        self.on_trial_result(trial_id, result)
+        return {**result, "status": "pruned", "reason": self.pruned[trial_id]}
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials or self.fault:
             return
         if self._share is not None:
             self._share.finished(trial_id)
         trial = self._ot_trials[trial_id]
-        if (result or {}).get("status") is None:  # Tune stopped it, or its worker died: did it save a result?
+        status = (result or {}).get("status")
+        if status == "running" and trial_id in self.pruned:  # stopped by the rung rule (search.study.halving)
+            result = self._prune_at_rung(trial_id, result or {})
+        elif status in (None, "running"):  # Tune stopped it, or its worker died: did it save a result?
             result = read_result(self._run_dir, trial.number)
         try:
             if result is None:

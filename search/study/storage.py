@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -169,10 +170,13 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         ) from None
 
 
-def create_study(url: str, study_name: str, directions: Sequence[str]) -> None:
+def create_study(url: str, study_name: str, directions: Sequence[str], names: Sequence[str]) -> None:
     """Create the study in its storage (which :func:`check_storage` has cleared); a name in use is an error."""
     try:
-        optuna.create_study(storage=open_storage(url), study_name=study_name, directions=list(directions))
+        study = optuna.create_study(storage=open_storage(url), study_name=study_name, directions=list(directions))
+        with warnings.catch_warnings():  # experimental in Optuna 5, stable enough for a label
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(names))  # optuna-dashboard labels the axes with them
     except optuna.exceptions.DuplicatedStudyError:
         raise SearchError(f"a study named {study_name} is already in {url}") from None
     except STORAGE_ERRORS as err:
@@ -208,6 +212,9 @@ def record(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any], obj
         trial.set_user_attr("infeasible_reason", result.get("reason", ""))
         study.tell(trial, state=TrialState.PRUNED)
         return
+    if result.get("status") == "pruned":  # stopped early: its target was out of reach, or it was dominated
+        prune(study, trial, result.get("reason") or "stopped early")
+        return
     values = [result.get(name) for name in objectives]
     if result.get("status") != "ok":
         fail(study, trial, result.get("reason") or "failed without a reason")
@@ -215,6 +222,13 @@ def record(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any], obj
         fail(study, trial, f"objective values are not all finite numbers: {values}")
     else:
         study.tell(trial, [float(v) for v in values])  # type: ignore[arg-type]
+
+
+def prune(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Record a trial stopped early (``prune_reason``); its learning curve so far stays in the storage."""
+    trial.set_user_attr("prune_reason", reason)
+    trial.set_user_attr("feasible", False)
+    study.tell(trial, state=TrialState.PRUNED)
 
 
 def fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:

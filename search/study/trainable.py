@@ -1,9 +1,11 @@
 """The Ray Tune function trainable: one trial on a Ray worker, its files to the run directory.
 
 It runs :func:`search.study.trial.run_one` (in a child process held to the limits when the spec has
-any, see :mod:`search.study.limits`), hands the model and log to the
-:class:`~search.study.artifacts.ArtifactStore` actor, so remote nodes need no shared filesystem, and
-reports once.
+any, see :mod:`search.study.limits`). Every finished epoch becomes a Ray Tune report with status
+``running`` (the driver shows it, stores the validation accuracy as an Optuna intermediate value and
+may stop the trial early) and its new log lines go to ``trials/<n>/log.txt`` as they come. At the end
+the model, log and result go to the :class:`~search.study.artifacts.ArtifactStore` actor (so remote
+nodes need no shared filesystem), then the final report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 
 from search.study.limits import run_limited
-from search.study.trial import TRIAL_KEY, TrialSpec, run_one
+from search.study.trial import TRIAL_KEY, TrialSpec, blank_metrics, run_one
 
 
 def _node_ip() -> str:
@@ -50,13 +52,19 @@ def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
         torch.set_num_threads(threads)
         on_gpu = assigned.get("GPU", 0) > 0  # a trial holding a GPU is charged its wall time (search.study.timeshare)
         wall, cpu = time.perf_counter(), _cpu_seconds()
-        if spec.timeout_s or spec.memory_mb:
-            metrics, payload = run_limited(spec, decided, lines, _node_ip())
-        else:
-            metrics, payload = run_one(spec, decided, lines, _node_ip())
+        number = int(decided["number"])
+        running = {**blank_metrics(spec), "status": "running", "strategy": decided["strategy"], "node_ip": _node_ip()}
+
+        def forward(event: dict[str, Any], new_lines: list[str]) -> None:
+            if new_lines:
+                store.append_log.remote(number, "\n".join(new_lines) + "\n")  # ordered after earlier calls; not awaited
+            tune.report({**running, **event})
+
+        run = run_limited if spec.timeout_s or spec.memory_mb else run_one
+        metrics, payload = run(spec, decided, lines, running["node_ip"], on_progress=forward)
         metrics["compute_seconds"] = time.perf_counter() - wall if on_gpu else _cpu_seconds() - cpu
         try:  # the result reaches the run directory before Tune hears of it: nothing finished is lost
-            ray.get(store.save.remote(int(decided["number"]), payload, "\n".join(lines) + "\n", metrics))
+            ray.get(store.save.remote(number, payload, "\n".join(lines) + "\n", metrics))
         except Exception as err:  # a full or read-only disk at the driver: the searcher stops the study
             cause = getattr(err, "cause", None) or err
             metrics.update(storage_error=str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__,

@@ -11,21 +11,24 @@ Tune, and :mod:`search.study.limits` runs it in a child process.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search import progress
 from search.data import Dataset, dataset_info, load_dataset
 from search.objectives import cost_model, objectives
 from search.pipeline import Job, execute, prepare
 from search.relu import relu_count
-from search.strategies import PlanNeedsTraining
+from search.strategies import PlanNeedsTraining, TargetOutOfReach
 from search.study.rundir import trial_model_path
 
 TRIAL_KEY = "_trial"  # config key holding what the searcher decided for this trial
@@ -49,6 +52,7 @@ class TrialSpec:
     fixed_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     timeout_s: float | None = None  # wall-clock limit of one trial (search.study.limits)
     memory_mb: int | None = None  # peak resident memory limit of one trial (search.study.limits)
+    early_stop: bool = True  # a strategy training to a target may stop once it is out of reach (PRUNED)
 
 
 @functools.lru_cache(maxsize=2)
@@ -64,17 +68,36 @@ def blank_metrics(spec: TrialSpec) -> dict[str, Any]:
     metrics.update(
         status="failed", reason="", strategy="", options="{}", relus=nan, val_acc=nan, test_acc=nan,
         latency_s=nan, communication_mb=nan, seconds=nan, compute_seconds=nan, feasible=False, model_path="", node_ip="",
-        storage_error="",
+        storage_error="", phase="", epoch=0, epochs=0, elapsed_s=nan, eta_s=nan, step=0,
     )
     return metrics
 
 
-def run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str = "") -> tuple[dict[str, Any], bytes | None]:
+ProgressSink = Callable[[dict[str, Any], list[str]], None]  # (a progress event's fields, log lines since the last call)
+
+
+def run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str = "",
+            on_progress: ProgressSink | None = None) -> tuple[dict[str, Any], bytes | None]:
     """Run the trial the searcher ``decided`` on the node ``node_ip``; returns (metrics, the saved
-    model's bytes or None).
+    model's bytes or None). ``on_progress`` hears every finished epoch, with the log lines written
+    since the previous one.
 
     Never raises: a failure is a ``failed`` status with its reason.
     """
+    if on_progress is None:
+        return _run_one(spec, decided, log_lines, node_ip)
+    sent = 0
+
+    def forward(event: progress.Progress) -> None:
+        nonlocal sent
+        new, sent = log_lines[sent:], len(log_lines)
+        on_progress(dataclasses.asdict(event), new)
+
+    with progress.listening(forward):
+        return _run_one(spec, decided, log_lines, node_ip)
+
+
+def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str) -> tuple[dict[str, Any], bytes | None]:
     strategy, number = decided["strategy"], int(decided["number"])
     metrics = blank_metrics(spec)
     used = {**decided["options"], **spec.fixed_options.get(strategy, {})}
@@ -89,6 +112,7 @@ def run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node
             strategy=strategy, dataset=spec.dataset, model=spec.model, budget=spec.budget,
             model_options=spec.model_options, strategy_options=used, data_dir=spec.data_dir,
             seed=spec.seed + number, teacher_epochs=spec.teacher_epochs, device=spec.device, cache_dir=spec.cache_dir,
+            early_stop=spec.early_stop,
         )
         prepared = prepare(job)
         info = dataset_info(spec.dataset)
@@ -124,6 +148,10 @@ def run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node
             log(metrics["reason"])
             return metrics, None
         return metrics, payload
+    except TargetOutOfReach as err:  # stopped early, on purpose: PRUNED, not FAILED
+        log(str(err))
+        metrics.update(status="pruned", reason=str(err), seconds=time.perf_counter() - start)
+        return metrics, None
     except Exception as err:  # a strategy's bug or bad sample: record it, keep the study going
         log(traceback.format_exc())
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""

@@ -1,0 +1,162 @@
+"""Live, frugal trials: progress while they run, learning curves in storage, early stopping.
+
+Through the real command line with real Ray and real Optuna storage: progress lines of a running
+trial reach the driver (and ``trials/<n>/log.txt``) before the trial ends; every epoch is an Optuna
+intermediate value and the objectives carry their names; an unreachable SNL target is PRUNED within
+three epochs; the rung rule stops a dominated trial and spares a non-dominated one (a test strategy
+whose learning curves are known, ``tests.strategies_for_tests:Curve``); resume keeps pruned trials;
+strategies that do not use ``relu_target`` never sample it, and a new study starts from each
+strategy's default recipe.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from search.errors import SearchError
+from search.pipeline import Job, execute, prepare
+from search.run import parse_args
+from search.strategies import TargetOutOfReach
+from search.strategies.snl import out_of_reach, travel_epochs
+from search.study.halving import MARGIN, Rungs, RungValue, rung_of
+from search.study.storage import finished
+from tests.conftest import PROJECT_ROOT
+from tests.helpers import load, run, study_env
+
+CURVE = "tests.strategies_for_tests:Curve"
+QUICK = "tests.strategies_for_tests:Quick"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return ["--cache-dir", str(tmp_path_factory.getbasetemp() / "search-cache")]
+
+
+def test_progress_reaches_the_driver_and_the_log_while_the_trial_runs(tmp_path: Path, cache: list[str]) -> None:
+    run_dir, out = tmp_path / "run", tmp_path / "driver.out"
+    with open(out, "wb") as stdout:
+        driver = subprocess.Popen([sys.executable, "-m", "search.run", "--strategy", CURVE, "--set", "epochs=6",
+                                   "--set", "seconds=1.5", "--trials", "1", "--run-dir", str(run_dir), *cache],
+                                  cwd=PROJECT_ROOT, env=study_env(), stdout=stdout, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        shown = re.compile(rf"trial +0 {re.escape(CURVE)} +train 1/6 val_acc 0\.1583 relus 4,608 elapsed \S+ eta \S+")
+        while not shown.search(out.read_text()):
+            assert driver.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.2)
+        log = run_dir / "trials" / "0" / "log.txt"
+        while "curve epoch 1/6" not in (log.read_text() if log.exists() else ""):
+            assert driver.poll() is None and time.monotonic() < deadline, "log.txt did not grow while the trial ran"
+            time.sleep(0.2)
+        assert driver.poll() is None, "both arrived before the trial ended"
+        assert "curve epoch 6/6" not in log.read_text()
+        assert driver.wait(180) == 0, driver.stderr.read()[-3000:]  # type: ignore[union-attr]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    study = load(run_dir)[1]
+    assert study.metric_names == ["accuracy", "relus"]
+    curve = study.trials[0].intermediate_values
+    assert sorted(curve) == [1, 2, 3, 4, 5, 6]
+    assert curve[6] == pytest.approx(0.95) and curve[1] == pytest.approx(0.95 / 6)
+    assert "curve epoch 6/6" in (run_dir / "trials" / "0" / "log.txt").read_text()
+
+
+def test_rung_rule_stops_a_dominated_trial_and_spares_the_others(tmp_path: Path, cache: list[str]) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--strategy", CURVE, "--trials", "4", "--concurrency", "1", "--run-dir", str(run_dir), *cache]
+    done = run(args, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = load(run_dir)[1].get_trials()
+    states = [t.state for t in trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE, TrialState.COMPLETE], states
+    reason = trials[1].user_attrs["prune_reason"]
+    assert reason.startswith("dominated at 25% of train (epoch 2/8)") and "trial 0" in reason
+    assert sorted(trials[1].intermediate_values) == [1, 2], "stopped at the rung, its curve kept"
+    assert "PRUNED: dominated" in done.stdout
+
+    resumed = run(["--resume", "--run-dir", str(run_dir), "--trials", "5", *cache], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = load(run_dir)[1].get_trials()
+    assert again[1].state == TrialState.PRUNED and again[1].user_attrs["prune_reason"] == reason, "resume keeps pruned trials"
+    assert sum(finished(t) for t in again) == 5
+
+
+def test_no_early_stop_runs_every_trial_to_its_end_and_quiet_keeps_only_finished_lines(tmp_path: Path, cache: list[str]) -> None:
+    run_dir = tmp_path / "run"
+    done = run(["--strategy", CURVE, "--set", "epochs=4", "--set", "seconds=0.1", "--trials", "2", "--concurrency", "1",
+                "--no-early-stop", "-q", "--run-dir", str(run_dir), *cache], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [t.state for t in load(run_dir)[1].get_trials()] == [TrialState.COMPLETE] * 2, "trial 1 is dominated, yet runs"
+    assert " train 1/4 " not in done.stdout, "-q: no progress lines"
+    assert re.search(rf"^trial +1 {re.escape(CURVE)} .* accuracy=0\.5 ", done.stdout, re.M)
+
+
+def test_rung_rule() -> None:
+    assert [rung_of(e, 8) for e in range(1, 9)] == [None, 0.25, None, 0.5, None, None, None, None]
+    assert rung_of(1, 1) is None and rung_of(1, 2) == 0.25
+    rungs = Rungs()
+    assert rungs.judge("s", "train", 2, 8, RungValue(0, 0.80, 1000)) is None
+    assert rungs.judge("s", "train", 2, 8, RungValue(1, 0.80 - MARGIN / 2, 1000)) is None, "within the margin"
+    assert rungs.judge("s", "train", 2, 8, RungValue(2, 0.50, 500)) is None, "fewer ReLUs: not dominated"
+    assert rungs.judge("s", "train", 2, 8, RungValue(3, 0.50, 1000)) is not None
+    assert rungs.judge("other", "train", 2, 8, RungValue(4, 0.10, 5000)) is None, "other strategies are not compared"
+    assert rungs.judge("s", "mask", 2, 8, RungValue(5, 0.10, 5000)) is None, "only the final phase counts"
+    assert rungs.judge("s", "train", 3, 8, RungValue(6, 0.10, 5000)) is None, "not a rung"
+
+
+def test_snl_reach_rule() -> None:
+    assert travel_epochs(lr=0.01, epsilon=0.01, steps_per_epoch=10) == pytest.approx(9.9)
+    assert out_of_reach([4608, 4608], 4608, 46, epochs_left=30), "a count that has not moved is out of reach"
+    assert not out_of_reach([2304, 1152], 4608, 46, epochs_left=30), "halving per epoch gets there"
+    assert out_of_reach([4500, 4400], 4608, 46, epochs_left=5)
+    assert not out_of_reach([40], 4608, 46, epochs_left=0), "within the budget"
+
+
+def test_unreachable_snl_target_is_stopped_within_three_epochs(tmp_path: Path) -> None:
+    lines: list[str] = []
+    job = Job(strategy="snl", dataset="digits", budget=46, teacher_epochs=2, cache_dir=str(tmp_path),
+              strategy_options={"lam": 1e-9, "warmup": 0, "max_epochs": 40, "finetune_epochs": 1})
+    with pytest.raises(TargetOutOfReach, match="snl cannot reach 46 ReLUs in max_epochs=40"):
+        execute(prepare(job), log=lines.append)
+    mask_epochs = [line for line in lines if line.startswith("snl-mask epoch")]
+    assert 1 <= len(mask_epochs) <= 3, mask_epochs
+    job.early_stop = False
+    job.strategy_options = {**job.strategy_options, "max_epochs": 4}
+    with pytest.raises(SearchError, match="did not reach the budget"):  # without early stopping: all 4 epochs
+        execute(prepare(job), log=lines.append)
+
+
+def test_unreachable_snl_target_is_pruned_in_a_study(tmp_path: Path, cache: list[str]) -> None:
+    run_dir = tmp_path / "run"
+    done = run(["--strategy", "snl", "--trials", "1", "--budget", "1%", "--set", "lam=1e-9", "--set", "warmup=0",
+                "--teacher-epochs", "2", "--run-dir", str(run_dir), *cache], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trial = load(run_dir)[1].trials[0]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["prune_reason"].startswith("snl cannot reach")
+    assert "1 pruned early" in done.stdout
+
+
+def test_targets_only_where_used_and_default_recipes_first(tmp_path: Path, cache: list[str]) -> None:
+    run_dir = tmp_path / "run"
+    done = run(["--strategy", f"{QUICK},{CURVE}", "--trials", "3", "--concurrency", "1", "--run-dir", str(run_dir),
+                "--teacher-epochs", "2", "--set", "curve.seconds=0", *cache], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = load(run_dir)[1].get_trials()
+    assert not [t for t in trials if "relu_target" in t.params], "neither strategy uses a target"
+    first = {t.params["strategy"]: t for t in trials[:2]}
+    assert set(first) == {QUICK, CURVE} and all(t.user_attrs.get("default_recipe") for t in first.values())
+    assert first[QUICK].params["quick/keep"] == 0.5 and first[QUICK].user_attrs["options"]["keep"] == 0.5
+
+
+@pytest.mark.parametrize("argv", [["-q", "-v"], ["--no-early-stop=yes"], ["--quiet=1"]])
+def test_bad_values_for_the_new_options(argv: list[str]) -> None:
+    with pytest.raises(SearchError):
+        parse_args(["--strategy", "snl", *argv])
