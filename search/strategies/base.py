@@ -94,7 +94,8 @@ class Strategy(ABC):
     @abstractmethod
     def suggest(self, trial: optuna.Trial, budget: int | None) -> dict[str, Any]:
         """Sample this strategy's hyperparameters define-by-run, named ``<name>/<option>``;
-        returns them keyed by option name (without the prefix)."""
+        returns them keyed by option name (without the prefix). A strategy whose ranges depend on
+        the dataset may take a keyword ``dataset`` as well; the study passes it where accepted."""
 
     def plan(self, model_name: str, model_options: Mapping[str, Any], input_size: tuple[int, int, int], num_classes: int, options: Any) -> nn.Module:
         """The model this strategy would train, masks set, built without training, so its ReLU count

@@ -251,12 +251,17 @@ class SNL(Strategy):
         "finetune epochs (max_epochs 100) on image datasets; 1e-2, 3e-2, 64, 10 (max_epochs 40) on digits."
     )
 
-    def suggest(self, trial: optuna.Trial, budget: int | None) -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial, budget: int | None, dataset: str | None = None) -> dict[str, Any]:
+        """lam from the dataset's recipe up to 30 times it, lr from a third of the recipe's up to it:
+        a smaller lam or lr than the recipe's moves the masks too slowly to reach a target within
+        max_epochs (Adam moves a mask by about lr per step; the Lasso pull grows with lam), so such
+        samples would only be stopped early."""
+        base = DATASET_DEFAULTS.get(dataset or "", RELEASED_DEFAULTS)
         return {
-            "lam": trial.suggest_float("snl/lam", 1e-5, 3e-2, log=True),
+            "lam": trial.suggest_float("snl/lam", base.lam, 30 * base.lam, log=True),
             "kappa": trial.suggest_float("snl/kappa", 1.05, 1.5),
             "epsilon": trial.suggest_float("snl/epsilon", 1e-3, 1e-1, log=True),
-            "lr": trial.suggest_float("snl/lr", 3e-4, 3e-2, log=True),
+            "lr": trial.suggest_float("snl/lr", base.lr / 3, base.lr, log=True),
             "granularity": trial.suggest_categorical("snl/granularity", ["pixel", "channel"]),
         }
 

@@ -90,7 +90,7 @@ def run_study(
     if minutes_per_strategy is not None:  # a running trial uses a GPU's wall time, or each CPU it holds
         share = TimeShare(list(strategies), minutes_per_strategy * 60, 1.0 if resources.gpus else resources.cpus)
     searcher = StudySearcher(
-        define_space(strategies, spec.budget or full_relus),
+        define_space(strategies, spec.budget or full_relus, spec.dataset),
         objectives,
         make_sampler(sampler, seed + existing_trials(storage, study_name)),
         study_name,

@@ -22,6 +22,7 @@ a trial which Optuna trial it is. This subclass (checked against Ray 2.60's sour
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,14 @@ CRASHED = "the trial's Ray worker died (see the Ray logs of the run)"
 TARGET_PARAM = "relu_target"
 
 
-def define_space(strategies: dict[str, Strategy], cap: int) -> Callable[[optuna.Trial], dict[str, Any]]:
+def _suggest(strategy: Strategy, trial: optuna.Trial, target: int, dataset: str) -> dict[str, Any]:
+    """``strategy.suggest``, told the dataset where its signature takes it (a plug-in need not)."""
+    if "dataset" in inspect.signature(strategy.suggest).parameters:
+        return strategy.suggest(trial, target, dataset=dataset)  # type: ignore[call-arg]
+    return strategy.suggest(trial, target)
+
+
+def define_space(strategies: dict[str, Strategy], cap: int, dataset: str) -> Callable[[optuna.Trial], dict[str, Any]]:
     """Define-by-run space: the strategy (a categorical when there are several), a ReLU target for
     strategies that use one (``Strategy.uses_target``), then the strategy's own options.
 
@@ -62,7 +70,7 @@ def define_space(strategies: dict[str, Strategy], cap: int) -> Callable[[optuna.
         target = trial.suggest_int(TARGET_PARAM, max(1, cap // 100), cap, log=True) if strategies[name].uses_target else cap
         decided: dict[str, Any] = {"strategy": name, "options": {}, "number": trial.number, "target": target}
         try:
-            decided["options"] = strategies[name].suggest(trial, target)
+            decided["options"] = _suggest(strategies[name], trial, target, dataset)
         except Exception as err:  # a strategy's bug: the trial reports it as its failure
             decided["error"] = f"{name}.suggest raised {type(err).__name__}: {err}"
         return {TRIAL_KEY: decided}
