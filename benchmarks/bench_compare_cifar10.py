@@ -24,12 +24,11 @@ import argparse
 import datetime
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine
+from benchmarks.common import machine, stream
 from search.reporting.load import load_runs
 from search.reporting.model import Report, build_report
 from search.teacher import default_cache_dir
@@ -42,21 +41,6 @@ SCHEDULES = (
     "deepreduce.epochs=6", "deepreduce.criticality_epochs=1",
     "cryptonas.epochs=8",
 )
-
-
-def _stream(command: list[str], log: Path) -> str:
-    """Run ``command`` from the project root, echoing and logging its output; its stdout."""
-    print("$", " ".join(command), flush=True)
-    lines: list[str] = []
-    with subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process, \
-            log.open("a") as sink:
-        for line in process.stdout:  # type: ignore[union-attr]
-            print(line, end="", flush=True)
-            sink.write(line)
-            lines.append(line)
-    if process.returncode:
-        sys.exit(f"{command[2]} failed with exit code {process.returncode} (output in {log})")
-    return "".join(lines)
 
 
 def summarize(report: Report) -> dict[str, Any]:
@@ -122,9 +106,9 @@ def main() -> None:
     if not args.summarize:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         log = run_dir.with_name(run_dir.name + ".log")
-        teacher = _stream([sys.executable, "-m", "search.train_teacher", *data, *model], log).strip().splitlines()[-1]
+        teacher = stream([sys.executable, "-m", "search.train_teacher", *data, *model], log).strip().splitlines()[-1]
         sets = [part for pair in (*SCHEDULES, *args.sets) for part in ("--set", pair)]
-        _stream([sys.executable, "-m", "search.run", "--strategy", "all", *data, *model, *sets, "--budget", args.budget,
+        stream([sys.executable, "-m", "search.run", "--strategy", "all", *data, *model, *sets, "--budget", args.budget,
                  "--minutes-per-strategy", str(args.minutes), "--concurrency", str(args.concurrency), "--seed", str(args.seed),
                  "--run-dir", str(run_dir)], log)
         (run_dir / "teacher.txt").write_text(teacher + "\n")

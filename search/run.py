@@ -121,6 +121,8 @@ def build_parser() -> ArgumentParser:
                         "print what would run, and stop: nothing is written, Ray is not started")
     parser.add_argument("--no-early-stop", action="store_true", help="run every trial to its end: no pruning of targets out of "
                         "reach, no stopping of trials dominated at a rung (see README, Early stopping)")
+    parser.add_argument("--no-default-first", action="store_true", help="start a new study from the sampler alone, not "
+                        "from each strategy's default recipe (see README, Early stopping)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("-q", "--quiet", action="store_true", help="print only a line per finished trial and the summary")
     output.add_argument("-v", "--verbose", action="store_true", help="show Ray's and Optuna's own logs and the trials' output")
@@ -311,7 +313,8 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
     from search.study.display import TrialDisplay, choose_mode
     from search.study.engine import Execution, run_study  # imports Ray: only once the input is known to be good
 
-    execution = Execution(resources, args.concurrency, args.verbose, args.trial_retries or 0, early_stop=not args.no_early_stop)
+    execution = Execution(resources, args.concurrency, args.verbose, args.trial_retries or 0, early_stop=not args.no_early_stop,
+                          default_first=not args.no_default_first)
     display = TrialDisplay(choose_mode(args.quiet))
     try:
         return run_study(

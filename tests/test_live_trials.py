@@ -80,6 +80,9 @@ def test_rung_rule_stops_a_dominated_trial_and_spares_the_others(tmp_path: Path,
     reason = trials[1].user_attrs["prune_reason"]
     assert reason.startswith("dominated at 25% of train (epoch 2/8)") and "trial 0" in reason
     assert sorted(trials[1].intermediate_values) == [1, 2], "stopped at the rung, its curve kept"
+    # charged what it used up to the rung (the time share counts it), 2 of 8 epochs of 0.3 s
+    assert 0 < trials[1].user_attrs["compute_seconds"] and 0.6 <= trials[1].user_attrs["seconds"] < trials[0].user_attrs["seconds"]
+    assert all(0 <= t.user_attrs["progress_seconds"] < t.user_attrs["seconds"] for t in trials if t.state == TrialState.COMPLETE)
     assert "PRUNED: dominated" in done.stdout
 
     resumed = run(["--resume", "--run-dir", str(run_dir), "--trials", "5", *cache], timeout=300)
@@ -92,9 +95,11 @@ def test_rung_rule_stops_a_dominated_trial_and_spares_the_others(tmp_path: Path,
 def test_no_early_stop_runs_every_trial_to_its_end_and_quiet_keeps_only_finished_lines(tmp_path: Path, cache: list[str]) -> None:
     run_dir = tmp_path / "run"
     done = run(["--strategy", CURVE, "--set", "epochs=4", "--set", "seconds=0.1", "--trials", "2", "--concurrency", "1",
-                "--no-early-stop", "-q", "--run-dir", str(run_dir), *cache], timeout=300)
+                "--no-early-stop", "--no-default-first", "-q", "--run-dir", str(run_dir), *cache], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert [t.state for t in load(run_dir)[1].get_trials()] == [TrialState.COMPLETE] * 2, "trial 1 is dominated, yet runs"
+    trials = load(run_dir)[1].get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, "trial 1 is dominated, yet runs"
+    assert not [t for t in trials if t.user_attrs.get("default_recipe")], "--no-default-first: the sampler alone"
     assert " train 1/4 " not in done.stdout, "-q: no progress lines"
     assert re.search(rf"^trial +1 {re.escape(CURVE)} .* accuracy=0\.5 ", done.stdout, re.M)
 
@@ -156,7 +161,7 @@ def test_targets_only_where_used_and_default_recipes_first(tmp_path: Path, cache
     assert first[QUICK].params["quick/keep"] == 0.5 and first[QUICK].user_attrs["options"]["keep"] == 0.5
 
 
-@pytest.mark.parametrize("argv", [["-q", "-v"], ["--no-early-stop=yes"], ["--quiet=1"]])
+@pytest.mark.parametrize("argv", [["-q", "-v"], ["--no-early-stop=yes"], ["--no-default-first=1"], ["--quiet=1"]])
 def test_bad_values_for_the_new_options(argv: list[str]) -> None:
     with pytest.raises(SearchError):
         parse_args(["--strategy", "snl", *argv])

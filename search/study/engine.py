@@ -58,6 +58,7 @@ class Execution:
     verbose: bool = False
     retries: int = 0  # times Ray Tune reruns a trial whose worker or node died (0: record it FAILED)
     early_stop: bool = True  # the rung rule of search.study.halving (off: --no-early-stop)
+    default_first: bool = True  # a new study's first trials run each strategy's default recipe (off: --no-default-first)
 
 
 def run_study(
@@ -106,7 +107,7 @@ def run_study(
     settle_interrupted(study, run_dir, names, spec.budget)
     interrupted = threading.Event()  # set by the first Ctrl-C (_first_ctrl_c_stops)
     remaining = remaining_trials(study, total) if total is not None else -1  # -1: until the time share ends it
-    if not study.get_trials(deepcopy=False):  # a new study starts from each strategy's default recipe
+    if execution.default_first and not study.get_trials(deepcopy=False):  # start from each strategy's default recipe
         first = list(strategies) if remaining < 0 else list(strategies)[:remaining]
         enqueue_defaults(study, {name: strategies[name] for name in first}, spec.budget or full_relus, spec.dataset)
     concurrency = execution.concurrency or max(1, int(_cluster_cpus() // resources.cpus))

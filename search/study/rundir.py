@@ -20,8 +20,10 @@ relative to it), so a copied or moved run directory resumes on its own storage. 
 
 Each finished Optuna trial carries these user attributes (``TRIAL_ATTRS``): ``strategy``,
 ``relus``, ``val_acc``, ``test_acc``, ``latency_s``, ``communication_mb``, ``seconds`` (wall),
-``compute_seconds`` (CPU time of the trial's processes, or wall time on a GPU), ``model_path`` (relative to the run directory), ``feasible`` (within the budget), and, for a failed
-trial, ``fail_reason``. Trial values follow ``RunSettings.objectives`` in order.
+``compute_seconds`` (CPU time of the trial's processes, or wall time on a GPU; for a trial stopped at
+a rung, up to its last epoch), ``progress_seconds`` (time the trial spent streaming its progress to
+the driver), ``model_path`` (relative to the run directory), ``feasible`` (within the budget), and,
+for a failed trial, ``fail_reason``. Trial values follow ``RunSettings.objectives`` in order.
 
 Also recorded: ``options`` (the strategy options the trial used, sampled and fixed), ``node_ip`` (the
 Ray node it ran on), ``infeasible_reason`` for a PRUNED trial whose plan was over the budget (it
@@ -66,6 +68,7 @@ TRIAL_ATTRS = (
     "communication_mb",
     "seconds",
     "compute_seconds",
+    "progress_seconds",
     "model_path",
     "feasible",
     "fail_reason",

@@ -162,7 +162,7 @@ class StudySearcher(OptunaSearch):
     def _prune_at_rung(self, trial_id: str, result: dict[str, Any]) -> dict[str, Any]:
         """A trial the rung rule stopped: Tune hands its rung report here, not to :meth:`on_trial_result`."""
         self.on_trial_result(trial_id, result)
-        return {**result, "status": "pruned", "reason": self.pruned[trial_id]}
+        return {**result, "status": "pruned", "reason": self.pruned[trial_id], "seconds": result.get("elapsed_s")}
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials or self.fault:

@@ -30,7 +30,8 @@ from search.study.rundir import storage_file
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 INTERRUPTED = "interrupted before it finished (rerun by --resume)"
-NUMERIC_ATTRS = ("relus", "val_acc", "test_acc", "latency_s", "communication_mb", "seconds", "compute_seconds")
+NUMERIC_ATTRS = ("relus", "val_acc", "test_acc", "latency_s", "communication_mb", "seconds", "compute_seconds",
+                 "progress_seconds")
 # What a storage that cannot be written raises: SQLAlchemy's errors (SQLite, servers), OSError (journal
 # files, full disks) and Optuna's own wrapper.
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, optuna.exceptions.StorageInternalError)

@@ -55,14 +55,22 @@ def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
         number = int(decided["number"])
         running = {**blank_metrics(spec), "status": "running", "strategy": decided["strategy"], "node_ip": _node_ip()}
 
+        streaming = 0.0  # seconds this process spent handing progress on (recorded: its cost is measured)
+
         def forward(event: dict[str, Any], new_lines: list[str]) -> None:
+            nonlocal streaming
+            start = time.perf_counter()
             if new_lines:
                 store.append_log.remote(number, "\n".join(new_lines) + "\n")  # ordered after earlier calls; not awaited
+            if on_gpu:
+                event = {**event, "compute_seconds": start - wall}
             tune.report({**running, **event})
+            streaming += time.perf_counter() - start
 
         run = run_limited if spec.timeout_s or spec.memory_mb else run_one
         metrics, payload = run(spec, decided, lines, running["node_ip"], on_progress=forward)
         metrics["compute_seconds"] = time.perf_counter() - wall if on_gpu else _cpu_seconds() - cpu
+        metrics["progress_seconds"] = streaming
         try:  # the result reaches the run directory before Tune hears of it: nothing finished is lost
             ray.get(store.save.remote(number, payload, "\n".join(lines) + "\n", metrics))
         except Exception as err:  # a full or read-only disk at the driver: the searcher stops the study

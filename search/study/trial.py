@@ -67,7 +67,7 @@ def blank_metrics(spec: TrialSpec) -> dict[str, Any]:
     metrics: dict[str, Any] = {name: nan for name in spec.objectives}
     metrics.update(
         status="failed", reason="", strategy="", options="{}", relus=nan, val_acc=nan, test_acc=nan,
-        latency_s=nan, communication_mb=nan, seconds=nan, compute_seconds=nan, feasible=False, model_path="", node_ip="",
+        latency_s=nan, communication_mb=nan, seconds=nan, compute_seconds=nan, progress_seconds=nan, feasible=False, model_path="", node_ip="",
         storage_error="", phase="", epoch=0, epochs=0, elapsed_s=nan, eta_s=nan, step=0,
     )
     return metrics
@@ -79,19 +79,20 @@ ProgressSink = Callable[[dict[str, Any], list[str]], None]  # (a progress event'
 def run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str = "",
             on_progress: ProgressSink | None = None) -> tuple[dict[str, Any], bytes | None]:
     """Run the trial the searcher ``decided`` on the node ``node_ip``; returns (metrics, the saved
-    model's bytes or None). ``on_progress`` hears every finished epoch, with the log lines written
-    since the previous one.
+    model's bytes or None). ``on_progress`` hears every finished epoch (with the CPU time of this
+    process so far as ``compute_seconds``), with the log lines written since the previous one.
 
     Never raises: a failure is a ``failed`` status with its reason.
     """
     if on_progress is None:
         return _run_one(spec, decided, log_lines, node_ip)
-    sent = 0
+    sent, cpu = 0, time.process_time()
 
     def forward(event: progress.Progress) -> None:
         nonlocal sent
         new, sent = log_lines[sent:], len(log_lines)
-        on_progress(dataclasses.asdict(event), new)
+        # CPU time so far: a trial stopped at a rung is charged what it used (search.study.timeshare)
+        on_progress({**dataclasses.asdict(event), "compute_seconds": time.process_time() - cpu}, new)
 
     with progress.listening(forward):
         return _run_one(spec, decided, log_lines, node_ip)
