@@ -35,7 +35,8 @@ from search.settings import parse_budget, split_settings
 from search.spaces import build_model
 from search.strategies import Strategy, get_strategy, list_strategies
 from search.study import cluster, rundir
-from search.study.storage import SAMPLERS, check_storage, check_study, create_study, make_sampler, open_storage, pareto_trials
+from search.study.samplers import SAMPLERS, make_sampler
+from search.study.storage import check_storage, check_study, create_study, open_storage, pareto_trials
 from search.study.timeshare import check_minutes
 from search.study.trial import TrialSpec
 from search.teacher import default_cache_dir

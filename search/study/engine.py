@@ -33,12 +33,12 @@ from search.strategies import Strategy
 from search.study import cluster
 from search.study.artifacts import start_store
 from search.study.halving import Rungs, rung_scheduler
+from search.study.samplers import make_sampler
 from search.study.searcher import StudySearcher, define_space, enqueue_defaults
 from search.study.storage import (
     STORAGE_ERRORS,
     existing_trials,
     fault_reason,
-    make_sampler,
     open_storage,
     remaining_trials,
     settle_interrupted,

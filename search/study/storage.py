@@ -1,5 +1,5 @@
-"""The Optuna side of a study, without Ray: samplers, storage, recording results, and the trial
-bookkeeping of resume.
+"""The Optuna side of a study, without Ray: storage, recording results, and the trial bookkeeping of
+resume (the samplers are in :mod:`search.study.samplers`).
 
 Kept apart from :mod:`search.study.engine` so the command line can check names and storage URLs (and fail
 in one line) without importing Ray.
@@ -28,7 +28,6 @@ from search.outputs import check_writable_dir
 from search.study.artifacts import read_result
 from search.study.rundir import storage_file
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
 INTERRUPTED = "interrupted before it finished (rerun by --resume)"
 NUMERIC_ATTRS = ("relus", "val_acc", "test_acc", "latency_s", "communication_mb", "seconds", "compute_seconds",
                  "progress_seconds")
@@ -43,19 +42,6 @@ except ImportError:  # Optuna without SQLAlchemy: journal storages only
     pass
 # Tables every Optuna RDB storage has; a database holding other tables but not these is not Optuna's.
 _OPTUNA_TABLES = {"studies", "trials", "version_info"}
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """A seeded Optuna sampler; all four handle several objectives and ReLU-budget constraints."""
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise SearchError(f"unknown sampler {name!r}; accepted: {', '.join(SAMPLERS)}")
 
 
 def check_storage(url: str, must_exist: bool) -> None:
