@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from search.errors import SearchError
+from search.layout import to_format
 
 SPLIT_SEED = 0
 
@@ -251,7 +252,8 @@ def _load_tinyimagenet(root: Path) -> tuple[Split, Split]:
 
 
 class Loader:
-    """Batches of one split on ``device``: normalised, and augmented when ``augment`` is set.
+    """Batches of one split on ``device``: normalised, augmented when ``augment`` is set, in
+    ``memory_format`` (:mod:`search.layout`: training asks for channels-last where that is faster).
 
     Iterating draws a new shuffle (and new crops) from a generator seeded with ``seed`` and the epoch,
     so runs are repeatable.
@@ -266,6 +268,7 @@ class Loader:
         shuffle: bool = False,
         augment: bool = False,
         seed: int = 0,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
@@ -277,6 +280,7 @@ class Loader:
         scale = 255.0 if split.images.dtype == torch.uint8 else 1.0
         self.mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1) * scale
         self.std = torch.tensor(info.std, device=device).view(1, -1, 1, 1) * scale
+        self.memory_format = memory_format
 
     def __len__(self) -> int:
         return (len(self.labels) + self.batch_size - 1) // self.batch_size
@@ -292,7 +296,7 @@ class Loader:
             x = self.images[idx].float()
             if self.augment:
                 x = _crop_and_flip(x, generator)
-            yield (x - self.mean) / self.std, self.labels[idx]
+            yield (to_format(x, self.memory_format) - self.mean) / self.std, self.labels[idx]  # the result keeps x's format
 
 
 def _crop_and_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:

@@ -14,6 +14,9 @@ The backward has two implementations:
   ReLU's own backward, a subtraction, an addcmul, and a product whose batch sum is a matrix-vector
   product (``sum(0)`` over the batch is a slow strided reduction on CPU).
 
+Both handle channels-last batches (:mod:`search.layout`) in their own memory order, without a copy:
+the kernel walks NHWC memory as it walks NCHW, the mask's gradient is permuted back at the end.
+
 ``benchmarks/bench_masked_relu.py`` measures both against a plain ReLU training step.
 """
 
@@ -27,6 +30,8 @@ from pathlib import Path
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from search.layout import is_channels_last
 
 _prelu = torch.ops.aten._prelu_kernel
 _relu_backward = torch.ops.aten.threshold_backward
@@ -45,7 +50,9 @@ def fused_backward() -> FusedBackward | None:
     from torch.utils import cpp_extension
 
     try:
-        module = cpp_extension.load(_EXTENSION, [str(_SOURCE)], extra_cflags=["-O3"], verbose=False)
+        # -fno-trapping-math lets GCC turn the kernel's select into a vector blend: otherwise it keeps a
+        # branch wherever the CPU lacks AVX-512's masked operations (13-25x slower on an AVX2 CPU)
+        module = cpp_extension.load(_EXTENSION, [str(_SOURCE)], extra_cflags=["-O3", "-fno-trapping-math"], verbose=False)
     except Exception as err:  # no compiler, no ninja, a read-only cache: the ATen backward still works
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         print(f"search: the fused soft-mask kernel could not be built ({reason}); using the slower ATen backward",
@@ -54,9 +61,30 @@ def fused_backward() -> FusedBackward | None:
     return module.soft_mask_backward
 
 
+def _in_order_of(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``mask`` (one input's shape, broadcast over the batch) laid out in ``x``'s memory order: for a
+    channels-last ``x``, a per-pixel mask in HWC order. Elementwise kernels over a channels-last
+    batch and an NCHW-ordered mask cannot walk memory in order: ATen's PReLU ran 40x slower so."""
+    if not is_channels_last(x) or mask.dim() != 3:
+        return mask
+    return mask.unsqueeze(0).contiguous(memory_format=torch.channels_last).squeeze(0)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as (batch, positions) in its own memory order, without a copy: NCHW order, or NHWC
+    order for a channels-last batch (reshaping that to NCHW order would copy the whole tensor)."""
+    return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1) if is_channels_last(t) else t.reshape(t.shape[0], -1)
+
+
 def _mask_grad(per_position: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """A gradient per position of one input (flat) summed down to the mask's shape."""
-    return per_position.reshape(1, *x.shape[1:]).sum_to_size(alpha.shape).to(alpha.dtype)
+    """A gradient per position of one input (flat, in ``x``'s memory order, see :func:`_rows`)
+    summed down to the mask's shape."""
+    if is_channels_last(x):
+        channels, height, width = x.shape[1:]
+        one = per_position.reshape(height, width, channels).permute(2, 0, 1)
+    else:
+        one = per_position.reshape(x.shape[1:])
+    return one.unsqueeze(0).sum_to_size(alpha.shape).to(alpha.dtype)
 
 
 class _SoftMaskedReLU(torch.autograd.Function):
@@ -65,7 +93,7 @@ class _SoftMaskedReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, alpha)
-        return _prelu(x, (1 - alpha).to(x.dtype))
+        return _prelu(x, _in_order_of((1 - alpha).to(x.dtype), x))
 
     @staticmethod
     @once_differentiable
@@ -73,14 +101,13 @@ class _SoftMaskedReLU(torch.autograd.Function):
         x, alpha = ctx.saved_tensors
         kept = _relu_backward(grad, x, 0)  # grad where x > 0, else 0
         negative_part = kept.sub_(grad)  # -grad where x <= 0, else 0 (in place: kept is ours)
-        grad_x = torch.addcmul(grad, negative_part, alpha.to(grad.dtype)) if ctx.needs_input_grad[0] else None
+        grad_x = torch.addcmul(grad, negative_part, _in_order_of(alpha.to(grad.dtype), x)) if ctx.needs_input_grad[0] else None
         grad_alpha = None
         if ctx.needs_input_grad[1]:
             # d out / d alpha = -min(x, 0): grad_alpha sums -grad * min(x, 0) over the batch
             product = negative_part.mul_(x)
-            batch = x.shape[0]
-            ones = torch.ones(batch, dtype=product.dtype, device=product.device)
-            grad_alpha = _mask_grad(ones @ product.reshape(batch, -1), x, alpha)
+            ones = torch.ones(x.shape[0], dtype=product.dtype, device=product.device)
+            grad_alpha = _mask_grad(ones @ _rows(product), x, alpha)
         return grad_x, grad_alpha
 
 
@@ -89,7 +116,7 @@ class _FusedSoftMaskedReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, backward: FusedBackward) -> torch.Tensor:  # type: ignore[override]
-        slope = (1 - alpha).to(x.dtype)
+        slope = _in_order_of((1 - alpha).to(x.dtype), x)
         ctx.save_for_backward(x, alpha, slope)
         ctx.fused = backward
         return _prelu(x, slope)
@@ -99,7 +126,12 @@ class _FusedSoftMaskedReLU(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
         x, alpha, slope = ctx.saved_tensors
         want_alpha = bool(ctx.needs_input_grad[1])
-        grad_x, per_position = ctx.fused(grad, x, slope.expand(x.shape[1:]), want_alpha)
+        slope = slope.expand(x.shape[1:])
+        if is_channels_last(x):  # the kernel walks memory in order: hand it the NHWC views, no copy
+            grad_x, per_position = ctx.fused(grad.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1), slope.permute(1, 2, 0), want_alpha)
+            grad_x = grad_x.permute(0, 3, 1, 2)
+        else:
+            grad_x, per_position = ctx.fused(grad, x, slope, want_alpha)
         grad_alpha = _mask_grad(per_position, x, alpha) if want_alpha else None
         return grad_x, grad_alpha, None
 

@@ -24,6 +24,7 @@ from torch import nn
 from search import progress
 from search.data import Dataset, Loader
 from search.errors import SearchError
+from search.layout import preferred_format
 
 
 def pick_device(preferred: str = "auto") -> torch.device:
@@ -176,17 +177,21 @@ def fit(
     label: str = "train",
 ) -> FitResult:
     """Train ``model`` in place; keep the weights of the best validation epoch when ``select_best``.
+    Training runs channels-last where the device is faster so (:mod:`search.layout`); the model comes
+    back in the usual NCHW layout.
 
     ``teacher`` adds Hinton KD with ``config.kd_weight`` and ``config.kd_temperature``.
     ``on_epoch_end`` returning True stops training after that epoch.
     """
     seed_everything(config.seed)
-    model.to(device)
+    memory_format = preferred_format(device, model)  # channels-last where faster (search.layout), batches too
+    model.to(device, memory_format=memory_format)
     if teacher is not None:
-        teacher.to(device).eval()
+        teacher.to(device, memory_format=memory_format).eval()
     use_kd = teacher is not None and config.kd_weight > 0
-    train_loader = Loader(data.train, data.info, config.batch_size, device, shuffle=True, augment=config.augment, seed=config.seed)
-    val_loader = Loader(data.val, data.info, 512, device)
+    train_loader = Loader(data.train, data.info, config.batch_size, device, shuffle=True, augment=config.augment, seed=config.seed,
+                          memory_format=memory_format)
+    val_loader = Loader(data.val, data.info, 512, device, memory_format=memory_format)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
     schedule = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
@@ -242,5 +247,6 @@ def fit(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format)  # the layout is fit's own business: hand back the usual one
     return result
 

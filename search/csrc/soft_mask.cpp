@@ -8,6 +8,8 @@
 // The select on the sign of x must be vectorised: as a scalar branch on random signs it mispredicts
 // half the time and runs ~25x slower. GCC's target_clones compiles AVX-512 and AVX2 versions beside
 // the portable one and picks at load time, so the build stays portable across a cluster's nodes.
+// Without AVX-512's masked operations GCC vectorises the select only under -fno-trapping-math (it
+// may not evaluate g * slope where x > 0 otherwise): search/masked_relu.py builds with that flag.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
