@@ -17,7 +17,7 @@ from search.study import rundir
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import HEAD_IP, RUNNING_LINE, WORKER_IP, namespaces, two_node_cluster  # noqa: F401 (namespaces: a fixture)
 
-QUICK = "tests.strategies_for_tests:Quick"
+CURVE = "tests.strategies_for_tests:Curve"
 
 
 @pytest.mark.parametrize("name", ["ray_cluster.yaml", "ray_cluster.local.yaml"])
@@ -42,8 +42,9 @@ def test_study_runs_trials_on_both_nodes(namespaces: tuple[str, str], tmp_path: 
     with two_node_cluster(namespaces, tmp_path) as cluster:
         run_dir = tmp_path / "run"
         cache = tmp_path_factory.getbasetemp() / "search-cache"
-        driver = cluster.run(["--strategy", QUICK, "--trials", "4", "--run-dir", str(run_dir), "--teacher-epochs", "2",
-                              "--cache-dir", str(cache)])
+        # 6 epochs of 1.2 s: a trial reports its progress once it has run 5 s (search.study.trainable.REPORT_EVERY_S)
+        driver = cluster.run(["--strategy", CURVE, "--set", "epochs=6", "--set", "seconds=1.2", "--no-early-stop", "--trials", "4",
+                              "--run-dir", str(run_dir), "--cache-dir", str(cache)])
         stdout, stderr = driver.communicate(timeout=300)
         assert driver.returncode == 0, stdout[-2000:] + stderr[-3000:]
         settings = rundir.read_settings(run_dir)
@@ -57,4 +58,4 @@ def test_study_runs_trials_on_both_nodes(namespaces: tuple[str, str], tmp_path: 
             running = [i for i, line in enumerate(lines) if RUNNING_LINE.match(line) and line.split()[1] == str(trial.number)]
             done = [i for i, line in enumerate(lines) if line.split()[:2] == ["trial", str(trial.number)] and "accuracy=" in line]
             assert running and done and running[0] < done[0], (trial.number, trial.user_attrs["node_ip"], stdout[-3000:])
-            assert sorted(trial.intermediate_values), "every epoch is an intermediate value"
+            assert sorted(trial.intermediate_values) == [1, 2, 3, 4, 5, 6], "every epoch is an intermediate value"

@@ -11,6 +11,7 @@ strategy's default recipe.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from search.run import parse_args
 from search.strategies import TargetOutOfReach
 from search.strategies.snl import out_of_reach, travel_epochs
 from search.study.halving import MARGIN, Rungs, RungValue, rung_of
+from search.study import trainable
 from search.study.storage import finished
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import load, run, study_env
@@ -47,7 +49,8 @@ def test_progress_reaches_the_driver_and_the_log_while_the_trial_runs(tmp_path: 
                                   cwd=PROJECT_ROOT, env=study_env(), stdout=stdout, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180
-        shown = re.compile(rf"trial +0 {re.escape(CURVE)} +train 1/6 val_acc 0\.1583 relus 4,608 elapsed \S+ eta \S+")
+        # epoch 2 of 6 is the 25% rung: its report reaches the driver at once (others at most every 5 s)
+        shown = re.compile(rf"trial +0 {re.escape(CURVE)} +train 2/6 val_acc 0\.3167 relus 4,608 elapsed \S+ eta \S+")
         while not shown.search(out.read_text()):
             assert driver.poll() is None and time.monotonic() < deadline, out.read_text()
             time.sleep(0.2)
@@ -115,6 +118,26 @@ def test_rung_rule() -> None:
     assert rungs.judge("other", "train", 2, 8, RungValue(4, 0.10, 5000)) is None, "other strategies are not compared"
     assert rungs.judge("s", "mask", 2, 8, RungValue(5, 0.10, 5000)) is None, "only the final phase counts"
     assert rungs.judge("s", "train", 3, 8, RungValue(6, 0.10, 5000)) is None, "not a rung"
+
+
+def test_progress_relay_reports_at_rungs_and_carries_every_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trainable, "REPORT_EVERY_S", 3600.0)  # only the rungs are due
+    reports: list[dict[str, object]] = []
+    logged: list[str] = []
+    relay = trainable.ProgressRelay(reports.append, logged.append, rungs=True)
+    for epoch in range(1, 9):
+        relay({"phase": "train", "epoch": epoch, "epochs": 8, "step": epoch, "val_acc": epoch / 10}, [f"epoch {epoch}"])
+    assert [r["epoch"] for r in reports] == [2, 4], "the 25% and 50% rungs of 8 epochs"
+    assert [json.loads(r["curve"]) for r in reports] == [[[1, 0.1], [2, 0.2]], [[3, 0.3], [4, 0.4]]]
+    assert json.loads(relay.unreported()) == [[5, 0.5], [6, 0.6], [7, 0.7], [8, 0.8]], "left for the final result"
+    assert logged == [f"epoch {e}\n" for e in range(1, 9)], "log lines go on at once"
+
+    quiet = trainable.ProgressRelay(reports.append, logged.append, rungs=False)  # --no-early-stop: no rung is due
+    quiet({"phase": "train", "epoch": 2, "epochs": 8, "step": 2, "val_acc": 0.2}, [])
+    assert len(reports) == 2
+    monkeypatch.setattr(trainable, "REPORT_EVERY_S", 0.0)
+    quiet({"phase": "train", "epoch": 3, "epochs": 8, "step": 3, "val_acc": 0.3}, [])
+    assert json.loads(reports[-1]["curve"]) == [[2, 0.2], [3, 0.3]] and quiet.unreported() == "[]"
 
 
 def test_snl_reach_rule() -> None:

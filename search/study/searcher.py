@@ -35,7 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search.objectives import Objective
 from search.strategies import Strategy
 from search.study.artifacts import read_result
-from search.study.storage import INTERRUPTED, STORAGE_ERRORS, fail, fault_reason, record
+from search.study.storage import INTERRUPTED, STORAGE_ERRORS, fail, fault_reason, record, store_curve
 from search.study.timeshare import TimeShare
 from search.study.trial import TRIAL_KEY
 
@@ -149,19 +149,19 @@ class StudySearcher(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        """A finished epoch: its validation accuracy becomes the trial's intermediate value at its step
-        (optuna-dashboard draws the learning curves), and the rung rule may stop the trial."""
+        """Progress of a running trial: the validation accuracies of the epochs it carries become the
+        trial's intermediate values (its learning curve); the rung rule may stop the trial."""
         trial = self._ot_trials.get(trial_id)
         if trial is None or self.fault or result.get("status") != "running" or trial_id in self._completed_trials:
             return
         try:
-            self._ot_study._storage.set_trial_intermediate_value(trial._trial_id, int(result["step"]), float(result["val_acc"]))
+            store_curve(self._ot_study, trial._trial_id, result.get("curve"))
         except STORAGE_ERRORS as err:
             self._storage_fault(err)
 
     def _prune_at_rung(self, trial_id: str, result: dict[str, Any]) -> dict[str, Any]:
-        """A trial the rung rule stopped: Tune hands its rung report here, not to :meth:`on_trial_result`."""
-        self.on_trial_result(trial_id, result)
+        """A trial the rung rule stopped: Tune hands its rung report here, not to :meth:`on_trial_result`
+        (its curve points are stored with it, by ``record``)."""
         return {**result, "status": "pruned", "reason": self.pruned[trial_id], "seconds": result.get("elapsed_s")}
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:

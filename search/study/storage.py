@@ -179,10 +179,18 @@ def check_study(storage: optuna.storages.BaseStorage, study_name: str, where: st
                           "(was the storage replaced?); restore it, or start a new run") from None
 
 
+def store_curve(study: optuna.Study, trial_id: int, curve: str | None) -> None:
+    """Each ``[step, val_acc]`` of a reported ``curve`` (JSON, see :class:`search.study.trainable.ProgressRelay`)
+    as an intermediate value of the trial: its learning curve."""
+    for step, value in json.loads(curve or "[]"):
+        study._storage.set_trial_intermediate_value(trial_id, int(step), float(value))
+
+
 def record(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any], objectives: Sequence[str], budget: int | None) -> None:
     """Store a trial's reported ``result``: COMPLETE with its objective values, PRUNED when its plan
     was over the budget (``infeasible``), FAIL with ``fail_reason`` otherwise; with every user attribute
-    of ``search.study.rundir.TRIAL_ATTRS`` it has."""
+    of ``search.study.rundir.TRIAL_ATTRS`` it has and the rest of its learning curve."""
+    store_curve(study, trial._trial_id, result.get("curve"))
     for key in NUMERIC_ATTRS:
         value = result.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):

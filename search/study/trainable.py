@@ -1,22 +1,26 @@
 """The Ray Tune function trainable: one trial on a Ray worker, its files to the run directory.
 
 It runs :func:`search.study.trial.run_one` (in a child process held to the limits when the spec has
-any, see :mod:`search.study.limits`). Every finished epoch becomes a Ray Tune report with status
-``running`` (the driver shows it, stores the validation accuracy as an Optuna intermediate value and
-may stop the trial early) and its new log lines go to ``trials/<n>/log.txt`` as they come. At the end
+any, see :mod:`search.study.limits`). Finished epochs reach the driver as Ray Tune reports with
+status ``running`` (:class:`ProgressRelay`: at every rung, else at most every few seconds; the driver
+shows them, stores every epoch's validation accuracy as an Optuna intermediate value and may stop the
+trial early) and its new log lines go to ``trials/<n>/log.txt`` as they come. At the end
 the model, log and result go to the :class:`~search.study.artifacts.ArtifactStore` actor (so remote
 nodes need no shared filesystem), then the final report.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from search.study.halving import FINAL_PHASES, rung_of
 from search.study.limits import run_limited
 from search.study.trial import TRIAL_KEY, TrialSpec, blank_metrics, run_one
 
@@ -32,6 +36,40 @@ def _cpu_seconds() -> float:
     process under search.study.limits)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
+
+
+REPORT_EVERY_S = 5.0  # a running trial's progress reaches the driver at most this often, besides rungs
+
+
+class ProgressRelay:
+    """Hands a running trial's finished epochs on: log lines at once (to ``append_log``, not awaited),
+    and ``report`` (a Ray Tune report, which waits for a round trip to the driver: 10-40 ms here)
+    at every rung of the early-stopping rule, where the driver must decide before the trial goes on,
+    and otherwise at most every ``REPORT_EVERY_S`` seconds. Each report carries the learning-curve
+    points since the previous one (``curve``: JSON [[step, val_acc], ...]), so every epoch still
+    becomes an intermediate value while short epochs cost no round trip each."""
+
+    def __init__(self, report: Callable[[dict[str, Any]], None], append_log: Callable[[str], Any], rungs: bool) -> None:
+        self._report, self._append_log, self._rungs = report, append_log, rungs
+        self._points: list[tuple[int, float]] = []
+        self._last = time.perf_counter()
+        self.seconds = 0.0  # spent handing progress on: recorded per trial, so its cost is measured
+
+    def __call__(self, event: dict[str, Any], new_lines: list[str]) -> None:
+        start = time.perf_counter()
+        if new_lines:
+            self._append_log("\n".join(new_lines) + "\n")
+        self._points.append((int(event["step"]), float(event["val_acc"])))
+        at_rung = self._rungs and event["phase"] in FINAL_PHASES and rung_of(int(event["epoch"]), int(event["epochs"])) is not None
+        if at_rung or start - self._last >= REPORT_EVERY_S:
+            self._report({**event, "curve": self.unreported()})
+            self._points.clear()
+            self._last = time.perf_counter()
+        self.seconds += time.perf_counter() - start
+
+    def unreported(self) -> str:
+        """The curve points no report has carried yet, as the ``curve`` metric."""
+        return json.dumps(self._points)
 
 
 def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
@@ -55,22 +93,18 @@ def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
         number = int(decided["number"])
         running = {**blank_metrics(spec), "status": "running", "strategy": decided["strategy"], "node_ip": _node_ip()}
 
-        streaming = 0.0  # seconds this process spent handing progress on (recorded: its cost is measured)
 
-        def forward(event: dict[str, Any], new_lines: list[str]) -> None:
-            nonlocal streaming
-            start = time.perf_counter()
-            if new_lines:
-                store.append_log.remote(number, "\n".join(new_lines) + "\n")  # ordered after earlier calls; not awaited
+        def report(event: dict[str, Any]) -> None:
             if on_gpu:
-                event = {**event, "compute_seconds": start - wall}
+                event = {**event, "compute_seconds": time.perf_counter() - wall}
             tune.report({**running, **event})
-            streaming += time.perf_counter() - start
 
+        relay = ProgressRelay(report, lambda text: store.append_log.remote(number, text), spec.early_stop)
         run = run_limited if spec.timeout_s or spec.memory_mb else run_one
-        metrics, payload = run(spec, decided, lines, running["node_ip"], on_progress=forward)
+        metrics, payload = run(spec, decided, lines, running["node_ip"], on_progress=relay)
         metrics["compute_seconds"] = time.perf_counter() - wall if on_gpu else _cpu_seconds() - cpu
-        metrics["progress_seconds"] = streaming
+        metrics["progress_seconds"] = relay.seconds
+        metrics["curve"] = relay.unreported()
         try:  # the result reaches the run directory before Tune hears of it: nothing finished is lost
             ray.get(store.save.remote(number, payload, "\n".join(lines) + "\n", metrics))
         except Exception as err:  # a full or read-only disk at the driver: the searcher stops the study
