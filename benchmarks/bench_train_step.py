@@ -24,8 +24,6 @@ Zen 4; Intel cores with two 512-bit FMA units have 64) x the clock ``/proc/cpuin
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import PROJECT_ROOT, machine
+from benchmarks.common import PROJECT_ROOT, alternate, machine
 from search.data import Dataset, Split, load_dataset
 from search.layout import preferred_format
 from search.relu import sites, trace_shapes
@@ -132,15 +130,7 @@ def measure(width: float, data: Dataset, device: torch.device, recipe: TrainConf
     runners = {"a_plain": plain_epoch(width, data, device, recipe),
                "b_fit_all_on": fit_epoch(width, data, device, recipe, soft=False),
                "c_fit_soft_masks": fit_epoch(width, data, device, recipe, soft=True)}
-    for run in runners.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return alternate(runners, repeats, warmup=1)
 
 
 def main() -> None:
