@@ -53,8 +53,10 @@ def study_seconds(trials: int, cache: Path, work: Path, index: str, concurrency:
     seconds = time.perf_counter() - start
     settings = rundir.read_settings(run_dir)
     study = optuna.load_study(study_name=settings.study_name, storage=settings.storage)
+    cap = settings.budget or settings.full_relus  # a strategy without targets (Quick) trains to the cap
     decisions = [
-        {"strategy": STRATEGY, "options": {"keep": t.params["quick/keep"]}, "number": t.number, "target": t.params["relu_target"]}
+        {"strategy": STRATEGY, "options": {"keep": t.params["quick/keep"]}, "number": t.number,
+         "target": t.params.get("relu_target", cap)}
         for t in study.get_trials()
     ]
     return seconds, decisions
