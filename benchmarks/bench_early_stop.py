@@ -49,7 +49,7 @@ class Point:
     trial: int
     state: str
     compute_s: float  # compute used by the trials finished so far
-    point: tuple[float, float] | None  # the trial in hypervolume coordinates, when eligible
+    point: tuple[int, float] | None  # the trial's (ReLUs, validation accuracy), when eligible for the front
 
 
 @dataclass(frozen=True)

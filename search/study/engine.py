@@ -87,11 +87,12 @@ def run_study(
 
     storage = open_storage(storage_url)
     resources = execution.resources
+    cap = spec.budget or full_relus  # the most ReLUs a trial's target may ask for
     share = None
     if minutes_per_strategy is not None:  # a running trial uses a GPU's wall time, or each CPU it holds
         share = TimeShare(list(strategies), minutes_per_strategy * 60, 1.0 if resources.gpus else resources.cpus)
     searcher = StudySearcher(
-        define_space(strategies, spec.budget or full_relus, spec.dataset),
+        define_space(strategies, cap, spec.dataset),
         objectives,
         make_sampler(sampler, seed + existing_trials(storage, study_name)),
         study_name,
@@ -109,7 +110,7 @@ def run_study(
     remaining = remaining_trials(study, total) if total is not None else -1  # -1: until the time share ends it
     if execution.default_first and not study.get_trials(deepcopy=False):  # start from each strategy's default recipe
         first = list(strategies) if remaining < 0 else list(strategies)[:remaining]
-        enqueue_defaults(study, {name: strategies[name] for name in first}, spec.budget or full_relus, spec.dataset)
+        enqueue_defaults(study, {name: strategies[name] for name in first}, cap, spec.dataset)
     concurrency = execution.concurrency or max(1, int(_cluster_cpus() // resources.cpus))
     if share is not None and share.next_strategy(study) is None:
         log(f"every strategy has used its {minutes_per_strategy:g} min of compute time: no trial to run")
