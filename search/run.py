@@ -470,17 +470,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     with rundir.claim(run_dir, new=plan.new) as lock:
         cluster.quiet(args.verbose)
         started = cluster.connect(args.address, args.verbose)
+        finished = False
         try:
             resources = cluster.fit_resources(args.cpus_per_trial, args.gpus_per_trial, lambda m: print(m, file=sys.stderr))
             if plan.new:  # run.json only once its study exists: from here on the directory can be resumed
                 create_study(settings.storage, settings.study_name, settings.directions, settings.objectives)
                 rundir.write_settings(run_dir, settings)
             study = _run(args, run_dir, settings, plan.strategies, plan.objectives, resources)
+            finished = True
         except KeyboardInterrupt:
             raise RunInterrupted(f"interrupted; resume with: python -m search.run --resume --run-dir {run_dir}") from None
         finally:
-            if started:
-                cluster.disconnect()
+            if started:  # after a finished study, Ray stops while the summary and the report are written
+                cluster.disconnect(background=finished)
         lock.release()
     front = pareto_trials(study, plan.objectives)
     trials = study.get_trials(deepcopy=False)
@@ -491,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"Pareto-optimal trials ({len(front)}):")
     print(pareto_table(front, plan.objectives) if front else "(none: no trial completed)")
     write_report(run_dir)
+    cluster.wait_disconnected()
     return 0
 
 

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from search.study import reaper
 
 CONNECT_TIMEOUT_S = 5.0
 _reaper: subprocess.Popen[bytes] | None = None  # watches the local Ray this process started
+_stopping: threading.Thread | None = None  # a background disconnect() under way
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ def connect(address: str | None, verbose: bool) -> bool:
     Ray; True when this run started Ray."""
     import ray
 
+    wait_disconnected()
     level = logging.INFO if verbose else logging.ERROR
     try:
         ray.init(
@@ -104,8 +107,28 @@ def connect(address: str | None, verbose: bool) -> bool:
     return not address
 
 
-def disconnect() -> None:
-    """Shut Ray down; the reaper then stops whatever of the local Ray is left."""
+def disconnect(background: bool = False) -> None:
+    """Shut Ray down; the reaper then stops whatever of the local Ray is left. ``background``: in a
+    thread of its own, so the caller's last work (the summary, the report) overlaps Ray's 1-3 s of
+    stopping processes; :func:`connect`, :func:`wait_disconnected` and the interpreter's exit wait for it."""
+    global _stopping
+    wait_disconnected()
+    if background:
+        _stopping = threading.Thread(target=_shut_down, name="ray-shutdown")
+        _stopping.start()
+    else:
+        _shut_down()
+
+
+def wait_disconnected() -> None:
+    """Return once a background :func:`disconnect` has finished."""
+    global _stopping
+    if _stopping is not None:
+        _stopping.join()
+        _stopping = None
+
+
+def _shut_down() -> None:
     import ray
 
     global _reaper
