@@ -507,4 +507,4 @@ def describe_plan(plan: Plan) -> str:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, skip_teardown=True)  # Ray and torch take ~2 s to tear down after a study

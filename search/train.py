@@ -151,13 +151,14 @@ def evaluate(model: nn.Module, loader: Loader) -> float:
     """Top-1 accuracy (a fraction) of ``model`` over ``loader``."""
     was_training = model.training
     model.eval()
-    correct = total = 0
+    correct: torch.Tensor | int = 0  # summed on the device: one host sync per evaluation, not per batch
+    total = 0
     for x, y in loader:
         with _autocast(x.device):
-            correct += int((model(x).argmax(1) == y).sum())
+            correct = correct + (model(x).argmax(1) == y).sum()
         total += len(y)
     model.train(was_training)
-    return correct / max(total, 1)
+    return int(correct) / max(total, 1)
 
 
 def _autocast(device: torch.device) -> torch.autocast:

@@ -77,15 +77,17 @@ class Strategy(ABC):
     trains_to_budget: ClassVar[bool] = False
     uses_target: ClassVar[bool] = False  # its suggest() sizes the trial to the study's sampled ``relu_target``
 
-    def default_params(self, dataset: str) -> dict[str, Any]:
-        """The documented default recipe as study parameters (``<name>/<option>``): a study's first
-        trial of this strategy runs it, so the sampler starts from a known-good point. Options whose
-        default is None and has no per-dataset value (``Options.resolved(dataset)``) are left to it."""
-        options = self.Options()
+    def default_params(self, dataset: str, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The documented default recipe, given the ``fixed`` options (typed, from ``--set``), as study
+        parameters (``<name>/<option>``) of the options that are not fixed: a study's first trial of
+        this strategy runs it, so the sampler starts from a known-good point. Options whose default is
+        None and has no per-dataset value (``Options.resolved(dataset)``) are left to it."""
+        fixed = fixed or {}
+        options = self.Options(**fixed)
         if hasattr(options, "resolved"):
             options = options.resolved(dataset)
         return {f"{self.name}/{f.name}": getattr(options, f.name) for f in dataclasses.fields(options)
-                if getattr(options, f.name) is not None}
+                if getattr(options, f.name) is not None and f.name not in fixed}
 
     def parse_options(self, raw: Mapping[str, Any]) -> Any:
         """Typed, range-checked options from ``--set`` strings or sampled values."""
@@ -95,7 +97,9 @@ class Strategy(ABC):
     def suggest(self, trial: optuna.Trial, budget: int | None) -> dict[str, Any]:
         """Sample this strategy's hyperparameters define-by-run, named ``<name>/<option>``;
         returns them keyed by option name (without the prefix). A strategy whose ranges depend on
-        the dataset may take a keyword ``dataset`` as well; the study passes it where accepted."""
+        the dataset or on the options the user fixed may take keywords ``dataset`` and ``fixed`` (typed
+        options by name) as well; the study passes them where accepted. A fixed option asked of
+        ``trial`` comes back as its fixed value, unsampled."""
 
     def plan(self, model_name: str, model_options: Mapping[str, Any], input_size: tuple[int, int, int], num_classes: int, options: Any) -> nn.Module:
         """The model this strategy would train, masks set, built without training, so its ReLU count

@@ -90,11 +90,14 @@ class SNLOptions:
                 raise SearchError(f"bad value {value} for {key}: expected {expected}")
 
     def resolved(self, dataset: str) -> SNLOptions:
-        """These options with every None replaced by the default for ``dataset``."""
+        """These options with every None replaced by the default for ``dataset``. A ``max_epochs``
+        shorter than the recipe's scales the default lam up by the same factor: the Lasso must then
+        pull the count down in fewer epochs."""
         base = DATASET_DEFAULTS.get(dataset, RELEASED_DEFAULTS)
+        shorter = base.max_epochs / self.max_epochs if self.max_epochs is not None and self.max_epochs < base.max_epochs else 1.0
         return replace(
             self,
-            lam=self.lam if self.lam is not None else base.lam,
+            lam=self.lam if self.lam is not None else base.lam * shorter,
             lr=self.lr if self.lr is not None else base.lr,
             batch_size=self.batch_size if self.batch_size is not None else base.batch_size,
             max_epochs=self.max_epochs if self.max_epochs is not None else base.max_epochs,
@@ -248,20 +251,23 @@ class SNL(Strategy):
         "(granularity=channel), the finetuned checkpoint is selected on the validation split, not the test "
         "set, and a run still over budget after max_epochs fails with that reason. lam, lr, batch_size, "
         "max_epochs and finetune_epochs default per dataset: the released 1e-5, 1e-3, 128 and 100 "
-        "finetune epochs (max_epochs 100) on image datasets; 1e-2, 3e-2, 64, 10 (max_epochs 40) on digits."
+        "finetune epochs (max_epochs 100) on image datasets; 1e-2, 3e-2, 64, 10 (max_epochs 40) on digits. "
+        "A max_epochs below the recipe's scales the default lam up by recipe/max_epochs."
     )
 
-    def suggest(self, trial: optuna.Trial, budget: int | None, dataset: str | None = None) -> dict[str, Any]:
-        """lam from the dataset's recipe up to 30 times it, lr from a third of the recipe's up to it:
-        a smaller lam or lr than the recipe's moves the masks too slowly to reach a target within
+    def suggest(self, trial: optuna.Trial, budget: int | None, dataset: str | None = None,
+                fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """lam from the recipe's up to 30 times it, lr from a third of the recipe's up to it: a
+        smaller lam or lr than the recipe's moves the masks too slowly to reach a target within
         max_epochs (Adam moves a mask by about lr per step; the Lasso pull grows with lam), so such
-        samples would only be stopped early."""
-        base = DATASET_DEFAULTS.get(dataset or "", RELEASED_DEFAULTS)
+        samples would only be stopped early. The recipe is the dataset's, given a fixed max_epochs
+        (:meth:`SNLOptions.resolved` scales lam for a shorter one)."""
+        recipe = SNLOptions(max_epochs=(fixed or {}).get("max_epochs")).resolved(dataset or "")
         return {
-            "lam": trial.suggest_float("snl/lam", base.lam, 30 * base.lam, log=True),
+            "lam": trial.suggest_float("snl/lam", recipe.lam, 30 * recipe.lam, log=True),  # type: ignore[operator]
             "kappa": trial.suggest_float("snl/kappa", 1.05, 1.5),
             "epsilon": trial.suggest_float("snl/epsilon", 1e-3, 1e-1, log=True),
-            "lr": trial.suggest_float("snl/lr", base.lr / 3, base.lr, log=True),
+            "lr": trial.suggest_float("snl/lr", recipe.lr / 3, recipe.lr, log=True),  # type: ignore[operator]
             "granularity": trial.suggest_categorical("snl/granularity", ["pixel", "channel"]),
         }
 

@@ -92,7 +92,7 @@ def run_study(
     if minutes_per_strategy is not None:  # a running trial uses a GPU's wall time, or each CPU it holds
         share = TimeShare(list(strategies), minutes_per_strategy * 60, 1.0 if resources.gpus else resources.cpus)
     searcher = StudySearcher(
-        define_space(strategies, cap, spec.dataset),
+        define_space(strategies, cap, spec.dataset, spec.fixed_options),
         objectives,
         make_sampler(sampler, seed + existing_trials(storage, study_name)),
         study_name,
@@ -110,7 +110,7 @@ def run_study(
     remaining = remaining_trials(study, total) if total is not None else -1  # -1: until the time share ends it
     if execution.default_first and not study.get_trials(deepcopy=False):  # start from each strategy's default recipe
         first = list(strategies) if remaining < 0 else list(strategies)[:remaining]
-        enqueue_defaults(study, {name: strategies[name] for name in first}, cap, spec.dataset)
+        enqueue_defaults(study, {name: strategies[name] for name in first}, cap, spec.dataset, spec.fixed_options)
     concurrency = execution.concurrency or max(1, int(_cluster_cpus() // resources.cpus))
     if share is not None and share.next_strategy(study) is None:
         log(f"every strategy has used its {minutes_per_strategy:g} min of compute time: no trial to run")
