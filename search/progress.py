@@ -39,6 +39,7 @@ class Progress:
     elapsed_s: float  # since the work started
     eta_s: float  # until this phase ends, at its mean epoch time so far
     step: int  # epochs finished so far in all phases: the x axis of a learning curve
+    open_ended: bool = False  # the phase may end before ``epochs`` (SNL's mask phase, at its target): both are bounds
 
 
 class Stop(Exception):
@@ -74,8 +75,9 @@ def note_relus(count: int) -> None:
         state.relus = int(count)
 
 
-def epoch_done(label: str, epoch: int, epochs: int, val_acc: float, seconds: float) -> None:
-    """Announce that ``epoch`` of ``epochs`` of the ``fit`` labelled ``label`` has finished, after ``seconds``."""
+def epoch_done(label: str, epoch: int, epochs: int, val_acc: float, seconds: float, open_ended: bool = False) -> None:
+    """Announce that ``epoch`` of ``epochs`` of the ``fit`` labelled ``label`` has finished, after
+    ``seconds``; ``open_ended``: the phase may stop before ``epochs``."""
     state = _current.get()
     if state is None:
         return
@@ -83,4 +85,4 @@ def epoch_done(label: str, epoch: int, epochs: int, val_acc: float, seconds: flo
     state.step += 1
     eta = state.phase_seconds / epoch * max(epochs - epoch, 0)
     state.callback(Progress(phase_of(label), epoch, epochs, float(val_acc), state.relus,
-                            time.perf_counter() - state.start, eta, state.step))
+                            time.perf_counter() - state.start, eta, state.step, open_ended))

@@ -8,12 +8,14 @@ Everything lands in a run directory (see :mod:`search.study.rundir`); ``--resume
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
 import platform
 import re
 import sys
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -22,6 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.cli import ArgumentParser, run_main
@@ -469,7 +472,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir, settings = plan.run_dir, plan.settings
     with rundir.claim(run_dir, new=plan.new) as lock:
         cluster.quiet(args.verbose)
+        imports = threading.Thread(target=_import_study_engine, daemon=True)
+        imports.start()
         started = cluster.connect(args.address, args.verbose)
+        imports.join()
         finished = False
         try:
             resources = cluster.fit_resources(args.cpus_per_trial, args.gpus_per_trial, lambda m: print(m, file=sys.stderr))
@@ -495,6 +501,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_report(run_dir)
     cluster.wait_disconnected()
     return 0
+
+
+def _import_study_engine() -> None:
+    """Import Ray Tune and Optuna's RDB storage (SQLAlchemy), about 2 s, in a thread while ``ray.init``
+    mostly waits for Ray's processes to start."""
+    importlib.import_module("search.study.engine")
+    _ = optuna.storages.RDBStorage  # Optuna imports SQLAlchemy on first use
 
 
 def describe_plan(plan: Plan) -> str:

@@ -242,7 +242,7 @@ def fit(
             if select_best:
                 best_state = copy.deepcopy(model.state_dict())
         stop = on_epoch_end is not None and on_epoch_end(stats)
-        progress.epoch_done(label, epoch, config.epochs, stats.val_acc, stats.seconds)  # after on_epoch_end: it may note a count
+        progress.epoch_done(label, epoch, config.epochs, stats.val_acc, stats.seconds, open_ended=on_epoch_end is not None)  # after on_epoch_end: it may note a count
         if stop:
             result.stopped_early = True
             break

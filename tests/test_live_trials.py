@@ -11,6 +11,7 @@ strategy's default recipe.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from search import progress
 from search.errors import SearchError
 from search.pipeline import Job, execute, prepare
 from search.run import parse_args
@@ -28,6 +30,7 @@ from search.strategies import TargetOutOfReach
 from search.strategies.snl import out_of_reach, travel_epochs
 from search.study.halving import MARGIN, Rungs, RungValue, rung_of
 from search.study import trainable
+from search.study.display import describe
 from search.study.storage import finished
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import load, run, study_env
@@ -160,6 +163,21 @@ def test_unreachable_snl_target_is_stopped_within_three_epochs(tmp_path: Path) -
     job.strategy_options = {**job.strategy_options, "max_epochs": 4}
     with pytest.raises(SearchError, match="did not reach the budget"):  # without early stopping: all 4 epochs
         execute(prepare(job), log=lines.append)
+
+
+def test_a_phase_that_may_end_early_shows_its_epochs_and_eta_as_bounds(tmp_path: Path) -> None:
+    events: list[progress.Progress] = []
+    job = Job(strategy="snl", dataset="digits", budget=460, teacher_epochs=2, cache_dir=str(tmp_path),
+              strategy_options={"finetune_epochs": 2})
+    with progress.listening(events.append):
+        execute(prepare(job), log=lambda line: None)
+    mask = [e for e in events if e.phase == "mask"]
+    finetune = [e for e in events if e.phase == "finetune"]
+    assert mask and finetune and mask[-1].epoch < mask[-1].epochs, "the mask phase stopped at its target"
+    assert all(e.open_ended for e in mask) and not any(e.open_ended for e in finetune)
+    shown = describe(3, "snl", dataclasses.asdict(mask[0]))
+    assert f"mask 1/≤{mask[0].epochs} " in shown and " eta ≤" in shown, shown
+    assert "eta ≤" not in describe(3, "snl", dataclasses.asdict(finetune[0]))
 
 
 def test_unreachable_snl_target_is_pruned_in_a_study(tmp_path: Path, cache: list[str]) -> None:

@@ -34,12 +34,14 @@ def _duration(seconds: float) -> str:
 
 
 def describe(number: int, strategy: str, event: Mapping[str, Any]) -> str:
-    """One line of a running trial: phase, epoch k/K, validation accuracy, ReLUs, elapsed, ETA."""
+    """One line of a running trial: phase, epoch k/K, validation accuracy, ReLUs, elapsed, ETA. A
+    phase that may end early (SNL's mask phase stops at its target) shows K and the ETA as bounds: ≤."""
     relus = event.get("relus")
     shown_relus = f" relus {int(relus):,}" if isinstance(relus, (int, float)) and relus == relus else ""
-    return (f"trial {number:>3} {strategy:<12} {event['phase']} {int(event['epoch'])}/{int(event['epochs'])} "
+    bound = "≤" if event.get("open_ended") else ""
+    return (f"trial {number:>3} {strategy:<12} {event['phase']} {int(event['epoch'])}/{bound}{int(event['epochs'])} "
             f"val_acc {float(event['val_acc']):.4f}{shown_relus} elapsed {_duration(float(event['elapsed_s']))} "
-            f"eta {_duration(float(event['eta_s']))}")
+            f"eta {bound}{_duration(float(event['eta_s']))}")
 
 
 class TrialDisplay:

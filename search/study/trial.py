@@ -68,7 +68,7 @@ def blank_metrics(spec: TrialSpec) -> dict[str, Any]:
     metrics.update(
         status="failed", reason="", strategy="", options="{}", relus=nan, val_acc=nan, test_acc=nan,
         latency_s=nan, communication_mb=nan, seconds=nan, compute_seconds=nan, progress_seconds=nan, feasible=False, model_path="", node_ip="",
-        storage_error="", phase="", epoch=0, epochs=0, elapsed_s=nan, eta_s=nan, step=0, curve="[]",
+        storage_error="", phase="", epoch=0, epochs=0, elapsed_s=nan, eta_s=nan, step=0, open_ended=False, curve="[]",
     )
     return metrics
 
