@@ -93,7 +93,6 @@ def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
         number = int(decided["number"])
         running = {**blank_metrics(spec), "status": "running", "strategy": decided["strategy"], "node_ip": _node_ip()}
 
-
         def report(event: dict[str, Any]) -> None:
             if on_gpu:
                 event = {**event, "compute_seconds": time.perf_counter() - wall}
