@@ -226,6 +226,12 @@ def relu_count(model: nn.Module, input_shape: Sequence[int]) -> int:
     return sum(row.active for row in relu_table(model, input_shape))
 
 
+def active_relus(model: nn.Module) -> int:
+    """:func:`relu_count` of a model whose sites already know their shapes (:func:`trace_shapes`),
+    without the tracing forward pass: cheap enough to watch a count every optimizer step."""
+    return sum(site.active() for site in sites(model))
+
+
 def stage_totals(rows: Sequence[SiteCount]) -> dict[str, tuple[int, int]]:
     """Stage -> (active, total), in the order stages first appear."""
     totals: dict[str, tuple[int, int]] = {}

@@ -173,6 +173,7 @@ def fit(
     teacher: nn.Module | None = None,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
     on_epoch_end: Callable[[EpochStats], bool] | None = None,
+    on_step_end: Callable[[], bool] | None = None,
     select_best: bool = True,
     log: Callable[[str], None] = print,
     label: str = "train",
@@ -182,7 +183,9 @@ def fit(
     back in the usual NCHW layout.
 
     ``teacher`` adds Hinton KD with ``config.kd_weight`` and ``config.kd_temperature``.
-    ``on_epoch_end`` returning True stops training after that epoch.
+    ``on_epoch_end`` returning True stops training after that epoch. ``on_step_end`` returning True
+    ends the epoch after that optimizer step (its statistics cover the steps taken; ``on_epoch_end``
+    still runs).
     """
     seed_everything(config.seed)
     memory_format = preferred_format(device, model)  # channels-last where faster (search.layout), batches too
@@ -225,6 +228,8 @@ def fit(
             total_loss += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
+            if on_step_end is not None and on_step_end():
+                break
         lr = optimizer.param_groups[0]["lr"]
         if schedule is not None:
             schedule.step()
@@ -242,7 +247,8 @@ def fit(
             if select_best:
                 best_state = copy.deepcopy(model.state_dict())
         stop = on_epoch_end is not None and on_epoch_end(stats)
-        progress.epoch_done(label, epoch, config.epochs, stats.val_acc, stats.seconds, open_ended=on_epoch_end is not None)  # after on_epoch_end: it may note a count
+        progress.epoch_done(label, epoch, config.epochs, stats.val_acc, stats.seconds,
+                            open_ended=on_epoch_end is not None or on_step_end is not None)  # after on_epoch_end: it may note a count
         if stop:
             result.stopped_early = True
             break

@@ -94,6 +94,22 @@ def test_pixel_run_meets_budget_with_frozen_binary_masks_in_finetune(digits, mon
         assert following == pytest.approx(lambdas[epoch - 1] * (kappa if grows else 1.0))
 
 
+def test_mask_phase_stops_at_the_first_count_within_the_budget(digits):
+    """Counting during the epoch (the default) ends the mask phase earlier than counting at epoch ends
+    (``count_every=0``, the released code's way), with more of the kept ReLUs chosen by SNL itself
+    (above epsilon) and fewer refilled from masks already below it."""
+    budget = _full() // 10
+    stepwise = _run(digits, budget).outcome.details
+    per_epoch = _run(digits, budget, count_every="0").outcome.details
+    for details in (stepwise, per_epoch):
+        assert details["count_above_epsilon"] <= budget
+        assert details["count_above_epsilon"] + details["added_below_epsilon"] == budget  # exact_budget fills to B
+    steps_per_epoch = -(-len(digits.train) // 64)  # digits' SNL batch size
+    assert per_epoch["mask_steps"] % steps_per_epoch == 0, "counted at epoch ends only"
+    assert stepwise["mask_steps"] < per_epoch["mask_steps"]
+    assert stepwise["added_below_epsilon"] < per_epoch["added_below_epsilon"]
+
+
 def test_channel_masks_count_in_whole_channels(digits):
     budget = _full() // 5
     outcome = _run(digits, budget, granularity="channel").outcome
