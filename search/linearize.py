@@ -1,6 +1,7 @@
-"""``python -m search.linearize``: one strategy, one model, one budget, no study.
+"""``python -m search.linearize``: one strategy, one model, one budget (or a few), no study.
 
-Ends with the line ``relus=N val_acc=A test_acc=T`` (accuracies as fractions); ``--out`` saves the
+Ends with the line ``relus=N val_acc=A test_acc=T`` (accuracies as fractions), one ``budget=B ...``
+line per budget when given several (``--budget 5%,10%,25%``); ``--out`` saves the
 weights and masks, loadable with ``search.checkpoint.load_model``. Every input, output paths included,
 is checked before anything trains; ``--dry-run`` stops there and says what a run would do.
 """
@@ -15,11 +16,12 @@ from pathlib import Path
 from search.cli import ArgumentParser, add_data_arguments, add_model_arguments, run_main
 from search.data import dataset_info, load_dataset
 from search.dryrun import check_data, teacher_status
+from search.errors import SearchError
 from search.options import declared_options, describe
 from search.outputs import cache_option, check_writable_dir, check_writable_file
-from search.pipeline import Job, Prepared, execute, full_relu_count, prepare
+from search.pipeline import Job, Prepared, budget_path, execute, execute_budgets, full_relu_count, prepare
 from search.preflight import check_device, check_seed
-from search.settings import describe_options, parse_budget, split_settings
+from search.settings import describe_options, parse_budgets, split_settings
 from search.strategies import get_strategy, list_strategies
 from search.teacher import default_cache_dir
 from search.train import teacher_config
@@ -66,8 +68,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--strategy", required=True, help=f"one of: {', '.join(list_strategies())}")
     add_model_arguments(parser)
     add_data_arguments(parser)
-    parser.add_argument("--budget", help="ReLU budget: a count (e.g. 50000) or a percentage of the model's ReLUs (e.g. 10%%)")
-    parser.add_argument("--out", help="save the linearized model (weights and masks) here")
+    parser.add_argument("--budget", help="ReLU budget: a count (e.g. 50000) or a percentage of the model's ReLUs (e.g. 10%%); "
+                        "a comma list (5%%,10%%,25%%) prints one result line per budget: SNL learns its masks once, down "
+                        "to the smallest, and finetunes the masks it had at each budget; other strategies run once per budget")
+    parser.add_argument("--out", help="save the linearized model (weights and masks) here; with several budgets, "
+                        "to NAME-<budget>.pt beside it")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the data split is fixed)")
     parser.add_argument("--teacher-epochs", type=int, help="epochs for the cached full-ReLU teacher (default per dataset)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
@@ -79,32 +84,45 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    prepared, out, cache_dir = checked_job(args)
+    prepared, out, cache_dir, budgets = checked_job(args)
     job = prepared.job
+    shown = ", ".join(f"{b:,}" for b in budgets) if budgets else "none"
     header = (f"{job.strategy} on {prepared.model_name}/{job.dataset}: {prepared.full_relus:,} ReLUs, "
-              f"budget {f'{job.budget:,}' if job.budget else 'none'}")
+              f"budget{'s' if len(budgets) > 1 else ''} {shown}")
     if args.dry_run:
         print(f"dry run (nothing is trained or written): {header}")
         print_dry_run(prepared, out, cache_dir)
         return 0
     print(header)
     data = load_dataset(job.dataset, job.data_dir, job.download)  # missing or corrupt files fail before training
-    result = execute(prepared, data=data)
-    print(result.summary_line())
+    if len(budgets) <= 1:
+        print(execute(prepared, data=data).summary_line())
+        return 0
+    results = execute_budgets(prepared, budgets, data=data)
+    for budget, result in results.items():
+        print(f"budget={budget} " + (f"error: {result}" if isinstance(result, SearchError) else result.summary_line()))
+    failed = sum(isinstance(r, SearchError) for r in results.values())
+    if failed:
+        raise SearchError(f"{failed} of {len(budgets)} budgets were not reached (see their lines above)")
     return 0
 
 
-def checked_job(args: argparse.Namespace) -> tuple[Prepared, Path | None, Path]:
-    """The job the command line asks for, every value and output path checked; nothing trained."""
+def checked_job(args: argparse.Namespace) -> tuple[Prepared, Path | None, Path, list[int]]:
+    """The job the command line asks for, every value and output path checked; nothing trained. With
+    several budgets the job's budget is the smallest (the one a shared run goes down to)."""
     strategy = get_strategy(args.strategy)
     info = dataset_info(args.dataset)
     model_name = args.model if args.model is not None else info.default_model
     model_options, strategy_options = split_settings(args.sets, model_name, strategy)
-    budget = parse_budget(args.budget, full_relu_count(model_name, model_options, info.name))
+    budgets = parse_budgets(args.budget, full_relu_count(model_name, model_options, info.name)) if args.budget is not None else []
+    budget = min(budgets) if budgets else None
     check_device(args.device)
     check_seed(args.seed)
     # Output paths before anything trains: a result that cannot be saved is lost.
     out = check_writable_file(args.out, "--out") if args.out is not None else None
+    if out is not None and len(budgets) > 1:
+        for each in budgets:
+            check_writable_file(str(budget_path(args.out, each)), "--out")
     cache_dir = check_writable_dir(args.cache_dir if args.cache_dir is not None else default_cache_dir(),
                                    cache_option(args.cache_dir))
     job = Job(
@@ -122,7 +140,7 @@ def checked_job(args: argparse.Namespace) -> tuple[Prepared, Path | None, Path]:
         cache_dir=str(cache_dir),
         out=args.out,
     )
-    return prepare(job), out, cache_dir
+    return prepare(job), out, cache_dir, budgets
 
 
 def print_dry_run(prepared: Prepared, out: Path | None, cache_dir: Path) -> None:

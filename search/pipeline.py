@@ -90,8 +90,38 @@ def execute(
     prepared: Prepared, log: Callable[[str], None] = print, data: Dataset | None = None
 ) -> Result:
     """Run a prepared job; ``data`` may be passed in when the caller has it loaded already."""
-    job = prepared.job
     start = time.perf_counter()
+    ctx, data, teacher_record = _context(prepared, log, data)
+    outcome = prepared.strategy.run(ctx, prepared.options)
+    return _finish(prepared, outcome, prepared.job.budget, data, ctx.device, teacher_record, start, prepared.job.out, log)
+
+
+def execute_budgets(
+    prepared: Prepared, budgets: list[int], log: Callable[[str], None] = print, data: Dataset | None = None
+) -> dict[int, Result | SearchError]:
+    """Run a prepared job once for several budgets (``Strategy.run_budgets``: SNL shares one mask phase
+    among them); each budget's result or the SearchError that stopped it. With ``job.out``, each model is
+    saved to :func:`budget_path`."""
+    start = time.perf_counter()
+    ctx, data, teacher_record = _context(prepared, log, data)
+    outcomes = prepared.strategy.run_budgets(ctx, prepared.options, budgets)
+    return {
+        budget: outcome if isinstance(outcome, SearchError) else _finish(
+            prepared, outcome, budget, data, ctx.device, teacher_record, start,
+            str(budget_path(prepared.job.out, budget)) if prepared.job.out else None, log)
+        for budget, outcome in outcomes.items()
+    }
+
+
+def budget_path(out: str | Path, budget: int) -> Path:
+    """Where the model of one of several budgets is saved: ``snl.pt`` -> ``snl-460.pt``."""
+    path = Path(out)
+    return path.with_name(f"{path.stem}-{budget}{path.suffix}")
+
+
+def _context(prepared: Prepared, log: Callable[[str], None], data: Dataset | None) -> tuple[Context, Dataset, dict[str, Any]]:
+    """The strategy's Context (data loaded, the teacher fetched on first use), the data and the teacher's record."""
+    job = prepared.job
     device = pick_device(job.device)
     seed_everything(job.seed)
     data = data or load_dataset(job.dataset, job.data_dir, job.download)
@@ -106,18 +136,24 @@ def execute(
 
     ctx = Context(prepared.model_name, prepared.model_options, data, job.budget, device, job.seed, teacher, cache_dir, log,
                   early_stop=job.early_stop)
-    outcome = prepared.strategy.run(ctx, prepared.options)
+    return ctx, data, teacher_record
+
+
+def _finish(prepared: Prepared, outcome: Outcome, budget: int | None, data: Dataset, device: Any, teacher_record: dict[str, Any],
+            start: float, out: str | None, log: Callable[[str], None]) -> Result:
+    """Check the outcome's count against the model and ``budget``, evaluate the test set once, save to ``out``."""
+    job = prepared.job
     counted = relu_count(outcome.model, data.info.input_shape)
     if counted != outcome.relus:
         raise RuntimeError(f"strategy {job.strategy} reported {outcome.relus} ReLUs but the model has {counted}")
-    if job.budget is not None and counted > job.budget:
-        raise RuntimeError(f"strategy {job.strategy} returned {counted:,} ReLUs, over the budget of {job.budget:,}")
+    if budget is not None and counted > budget:
+        raise RuntimeError(f"strategy {job.strategy} returned {counted:,} ReLUs, over the budget of {budget:,}")
     test_acc = evaluate(outcome.model, Loader(data.test, data.info, 512, device))
     result = Result(outcome, test_acc, teacher_record, time.perf_counter() - start)
-    if job.out:
+    if out:
         save_model(
             outcome.model,
-            job.out,
+            out,
             outcome.model_name,
             outcome.model_options,
             data.info.num_classes,
@@ -128,11 +164,11 @@ def execute(
                 "relus": counted,
                 "val_acc": outcome.val_acc,
                 "test_acc": test_acc,
-                "budget": job.budget,
+                "budget": budget,
                 "details": _plain(outcome.details),
             },
         )
-        log(f"saved {job.out}")
+        log(f"saved {out}")
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,6 +63,19 @@ def parse_budget(text: str | int | None, full: int) -> int | None:
     if budget <= 0 or budget > full:
         raise SearchError(f"budget {text} is out of range: expected 1..{full:,} (the model's full ReLU count) or 0-100%")
     return budget
+
+
+def parse_budgets(text: str, full: int) -> list[int]:
+    """One budget or a comma list of them (``5%,10%,25%`` or ``2000,5000``), each as :func:`parse_budget`
+    reads it, without repeats, in the order given. A number written with thousands separators
+    (``50,000``) is one count."""
+    if re.fullmatch(r"\s*\d{1,3}(,\d{3})+\s*", text):
+        parts = [text]
+    else:
+        parts = [part for part in text.split(",") if part.strip()]
+    if not parts:
+        raise SearchError(f"bad budget {text!r}: expected a whole ReLU count, a percentage such as 10%, or a comma list of them")
+    return list(dict.fromkeys(parse_budget(part, full) for part in parts))  # type: ignore[misc]
 
 
 def describe_options(options: Mapping[str, Any]) -> str:

@@ -33,7 +33,7 @@ from search.errors import SearchError
 from search.options import coerce
 from search.outputs import check_writable_dir, check_writable_file
 from search.preflight import check_device, check_seed
-from search.settings import parse_budget
+from search.settings import parse_budget, parse_budgets
 from search.spaces import build_model
 from search.teacher import teacher_key
 from search.train import teacher_config
@@ -280,6 +280,17 @@ def test_bad_budgets_are_one_line(text: str) -> None:
 @pytest.mark.parametrize(("text", "budget"), [("10%", 460), ("1e3", 1000), ("4,608", 4608), ("100%", 4608), ("1_000", 1000)])
 def test_good_budgets(text: str, budget: int) -> None:
     assert parse_budget(text, 4608) == budget
+
+
+@pytest.mark.parametrize(("text", "budgets"), [("5%,10%,25%", [230, 460, 1152]), ("4,608", [4608]), ("1,000", [1000]),
+                                              ("100,2000", [100, 2000]), ("10%, 10%", [460]), ("460", [460])])
+def test_budget_lists(text: str, budgets: list[int]) -> None:
+    assert parse_budgets(text, 4608) == budgets  # a thousands-separated number is one count
+
+
+@pytest.mark.parametrize("text", [",", " , ", "10%,abc", "10%,0", "10%,200%"])
+def test_bad_budget_lists_are_one_line(text: str) -> None:
+    assert one_line_error(lambda: parse_budgets(text, 4608)).startswith(("bad budget", "budget"))
 
 
 def test_float_options_refuse_non_finite_numbers() -> None:

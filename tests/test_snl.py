@@ -17,7 +17,7 @@ from search.checkpoint import load_model
 from search.data import Loader, load_dataset
 from search.errors import SearchError
 from search.masked_relu import fused_backward, soft_masked_relu
-from search.pipeline import Job, execute, prepare
+from search.pipeline import Job, execute, execute_budgets, prepare
 from search.relu import relu_count, sites, trace_shapes
 from search.spaces import build_model
 from search.strategies import PlanNeedsTraining, TargetOutOfReach, get_strategy
@@ -110,6 +110,21 @@ def test_mask_phase_stops_at_the_first_count_within_the_budget(digits):
     assert stepwise["added_below_epsilon"] < per_epoch["added_below_epsilon"]
 
 
+def test_one_mask_phase_serves_several_budgets_as_separate_runs_would(digits):
+    budgets = [_full() // 10, _full() // 4]
+    job = Job(strategy="snl", dataset="digits", budget=min(budgets), strategy_options=FAST, teacher_epochs=TEACHER_EPOCHS)
+    shared = execute_budgets(prepare(job), budgets, log=lambda line: None, data=digits)
+    for budget in budgets:
+        alone = _run(digits, budget).outcome
+        together = shared[budget].outcome  # type: ignore[union-attr]
+        assert together.relus == alone.relus == budget
+        assert together.details["mask_steps"] == alone.details["mask_steps"]
+        for one, other in zip(sites(together.model), sites(alone.model)):
+            assert torch.equal(one.mask, other.mask), f"budget {budget}: masks of {one.name} differ"
+        assert together.val_acc == alone.val_acc
+    assert shared[budgets[0]].outcome.details["mask_steps"] > shared[budgets[1]].outcome.details["mask_steps"]  # type: ignore[union-attr]
+
+
 def test_channel_masks_count_in_whole_channels(digits):
     budget = _full() // 5
     outcome = _run(digits, budget, granularity="channel").outcome
@@ -144,7 +159,7 @@ def _tiny_with_soft_masks(granularity: str = "pixel", epsilon: float = 0.01):
 def test_lambda_grows_by_kappa_only_on_epochs_without_new_low():
     model, masked = _tiny_with_soft_masks()
     lasso = snl_module._Lasso(masked, 1.0)
-    schedule = snl_module._Schedule(model, (1, 8, 8), budget=10, lasso=lasso, kappa=2.0, warmup=2, log=lambda line: None)
+    schedule = snl_module._MaskPhase(model, (1, 8, 8), budgets=[10], lasso=lasso, kappa=2.0, warmup=2, log=lambda line: None)
     mask = masked[0].mask
     # counts per epoch: full, full (warm-up: no growth), lower (new low), same, same, lower
     switched_off = [0, 0, 100, 100, 100, 300]
@@ -154,7 +169,7 @@ def test_lambda_grows_by_kappa_only_on_epochs_without_new_low():
             mask.fill_(1.0)  # type: ignore[union-attr]
             mask.view(-1)[:off] = 0.0  # type: ignore[union-attr]
         assert lasso.lam == expected[epoch - 1]
-        schedule(EpochStats(epoch, 0.0, 0.0, 0.0, 0.0, 0.0))
+        schedule.epoch_end(EpochStats(epoch, 0.0, 0.0, 0.0, 0.0, 0.0))
     assert schedule.lambdas == expected
     assert lasso.lam == 4.0  # epoch 6 set a new low: no growth after it
     assert schedule.counts[0] - schedule.counts[-1] == 300
@@ -263,10 +278,27 @@ def test_cli_saved_model_round_trips(digits, tmp_path, isolated_cache):
     assert all(s.mask is None or s.mask.dtype == torch.bool for s in sites(model))
 
 
+def test_cli_several_budgets_print_a_line_and_save_a_model_each(digits, tmp_path, isolated_cache):
+    out = tmp_path / "snl.pt"
+    budgets = [_full() // 10, _full() // 4]
+    proc = _cli("--budget", "10%,25%", "--teacher-epochs", str(TEACHER_EPOCHS), "--set", "finetune_epochs=1", "--out", str(out),
+                cache=isolated_cache)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()[-2:]
+    for line, budget in zip(lines, budgets):
+        match = re.fullmatch(rf"budget={budget} relus=(\d+) val_acc=([\d.]+) test_acc=([\d.]+)", line)
+        assert match, lines
+        model, payload = load_model(tmp_path / f"snl-{budget}.pt")
+        assert relu_count(model, (1, 8, 8)) == int(match.group(1)) == budget == payload["info"]["budget"]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
         (["--budget", "0"], "budget 0 is out of range"),
+        (["--budget", "10%,x"], "bad budget 'x'"),
+        (["--budget", "10%,0"], "budget 0 is out of range"),
         (["--budget", "5000"], "budget 5000 is out of range"),
         (["--budget", "10%", "--set", "kappa=1"], "bad value 1.0 for kappa: expected a number > 1"),
         (["--budget", "10%", "--set", "epsilon=0"], "bad value 0.0 for epsilon: expected a number > 0"),

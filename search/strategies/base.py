@@ -126,3 +126,15 @@ class Strategy(ABC):
     @abstractmethod
     def run(self, ctx: Context, options: Any) -> Outcome:
         """Linearize: return the trained model with its final masks, at most ``ctx.budget`` ReLUs."""
+
+    def run_budgets(self, ctx: Context, options: Any, budgets: list[int]) -> dict[int, Outcome | SearchError]:
+        """Linearize for each of ``budgets``: each result, or the SearchError that stopped it, by budget.
+        This default runs :meth:`run` once per budget; a strategy whose one run passes every budget on
+        its way down (SNL) overrides it to share that run."""
+        results: dict[int, Outcome | SearchError] = {}
+        for budget in budgets:
+            try:
+                results[budget] = self.run(dataclasses.replace(ctx, budget=budget), options)
+            except SearchError as err:
+                results[budget] = err
+        return results

@@ -7,7 +7,8 @@ kappa on every epoch (after a warm-up) that did not set a new low. Once the coun
 the masks are made binary and frozen, and the network is finetuned with KD.
 
 Beyond the released code: the mask phase ends at the first count within the budget, counted during
-the epoch too (:class:`_BudgetWatch`), the budget is met exactly (the B highest mask values keep their
+the epoch too (:class:`_MaskPhase`), one mask phase serves several budgets (a snapshot at
+each), the budget is met exactly (the B highest mask values keep their
 ReLU), the paper's channel variant is available, the finetuned checkpoint is selected on the
 validation split (not the test set), and a run that has not reached the budget after ``max_epochs``
 fails saying so.
@@ -15,6 +16,7 @@ fails saying so.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -72,7 +74,7 @@ class SNLOptions:
     kd_weight: float = 1.0
     kd_temperature: float = 4.0
     exact_budget: bool = True
-    count_every: int | None = None  # optimizer steps between ReLU counts in the mask phase (see _BudgetWatch)
+    count_every: int | None = None  # optimizer steps between ReLU counts in the mask phase (see _MaskPhase)
 
     def __post_init__(self) -> None:
         checks = [
@@ -152,16 +154,44 @@ def out_of_reach(counts: list[int], full: int, budget: int, epochs_left: int) ->
     return projected > math.log(budget)
 
 
-class _Schedule:
-    """SNL's epoch hook: count ReLUs, grow lambda by kappa on epochs without a new low (after the
-    warm-up), stop once the count is within the budget; with ``early_stop``, raise TargetOutOfReach
-    after the warm-up once :func:`out_of_reach` says so."""
+NEAR_BUDGET = 2.0  # within this factor of a budget, the mask phase counts after every optimizer step
+CHECKS_PER_EPOCH = 20  # before that, how often per epoch it counts by default
+
+
+@dataclass
+class _Snapshot:
+    """The model when the count was first within one budget: what a run to that budget alone stops with."""
+
+    state: dict[str, torch.Tensor]  # weights and soft masks
+    count: int  # ReLUs above epsilon then
+    steps: int  # optimizer steps of the mask phase until then
+    counts: list[int]  # the count at each epoch's end until then, the last one the count at the stop
+    lambdas: list[float]
+
+
+class _MaskPhase:
+    """SNL's mask phase on its way down to one or several budgets: the hooks :func:`search.train.fit`
+    calls after every optimizer step (:meth:`step_end`) and every epoch (:meth:`epoch_end`).
+
+    Counting: the ReLUs above epsilon are counted every ``every`` optimizer steps, and after every
+    step once the count is within ``NEAR_BUDGET`` times a budget (:func:`search.relu.active_relus`, a
+    reduction over the masks, well under 1 % of a step), and at each epoch's end. The first count
+    within a budget keeps a :class:`_Snapshot` for it. Counting only at epoch ends, as the released
+    code does (``every`` 0), lets one epoch of a short schedule take a count from 139,264 to 305 for a
+    budget of 6,963, after which ``exact_budget`` refills the budget from masks already below epsilon.
+    Each budget is watched on the steps a run to it alone would count on, so its snapshot is that run's.
+
+    Schedule, at each epoch's end: lambda grows by kappa on every epoch (after the warm-up) without a
+    new low. With ``early_stop``, a budget still pending is dropped into :attr:`failures` once
+    :func:`out_of_reach` says so (judged after the warm-up and the masks' travel time). The phase
+    ends once no budget is pending.
+    """
 
     def __init__(
         self,
         model: nn.Module,
         input_shape: tuple[int, ...],
-        budget: int,
+        budgets: list[int],
         lasso: _Lasso,
         kappa: float,
         warmup: int,
@@ -170,17 +200,35 @@ class _Schedule:
         max_epochs: int = 0,
         early_stop: bool = False,
         travel: float = 0.0,
+        every: int = 0,
     ) -> None:
-        self.model, self.input_shape, self.budget, self.lasso, self.log = model, input_shape, budget, lasso, log
-        self.kappa, self.warmup = kappa, warmup
+        self.model, self.input_shape, self.lasso, self.log = model, input_shape, lasso, log
+        self.kappa, self.warmup, self.every = kappa, warmup, every
         self.full, self.max_epochs, self.early_stop = full, max_epochs, early_stop
         self.judge_after = max(warmup, travel, 1.0)  # epochs before which no fall can be expected
+        self.pending = sorted(set(budgets), reverse=True)
+        self.near = dict.fromkeys(self.pending, False)
+        self.snapshots: dict[int, _Snapshot] = {}
+        self.failures: dict[int, str] = {}
         self.lowest: int | None = None
         self.counts: list[int] = []
         self.lambdas: list[float] = []
-        self.reached = False
+        self.steps = 0
 
-    def __call__(self, stats: EpochStats) -> bool:
+    def step_end(self) -> bool:
+        """After an optimizer step: count where a budget is due; True once no budget is pending."""
+        self.steps += 1
+        due = [b for b in self.pending if self.every and (self.near[b] or self.steps % self.every == 0)]
+        if not due:
+            return False
+        count = active_relus(self.model)
+        for budget in due:
+            self.near[budget] = count <= NEAR_BUDGET * budget
+        self._keep_within(count, due, [*self.counts, count], [*self.lambdas, self.lasso.lam])
+        return not self.pending
+
+    def epoch_end(self, stats: EpochStats) -> bool:
+        """After an epoch: count, keep budgets reached, grow lambda, judge reach; True once none is pending."""
         count = relu_count(self.model, self.input_shape)
         self.counts.append(count)
         self.lambdas.append(self.lasso.lam)
@@ -189,48 +237,35 @@ class _Schedule:
             self.lowest = count
         elif stats.epoch > self.warmup:
             self.lasso.lam *= self.kappa
-        self.log(f"snl epoch {stats.epoch}: relus {count:,} (budget {self.budget:,}), lambda {self.lambdas[-1]:.3g}")
+        shown = ", ".join(f"{b:,}" for b in self.pending) or "reached"
+        self.log(f"snl epoch {stats.epoch}: relus {count:,} (budget {shown}), lambda {self.lambdas[-1]:.3g}")
         progress.note_relus(count)
-        self.reached = count <= self.budget
-        if self.early_stop and not self.reached and self.judge_after >= self.max_epochs:
-            raise TargetOutOfReach(
-                f"snl cannot reach {self.budget:,} ReLUs in max_epochs={self.max_epochs}: at this lr Adam needs about "
-                f"{self.judge_after:.0f} epochs to move a mask from 1 to epsilon; stopped early (raise lr or max_epochs, or --no-early-stop)"
-            )
-        if (self.early_stop and not self.reached and stats.epoch > self.judge_after
-                and out_of_reach(self.counts, self.full, self.budget, self.max_epochs - stats.epoch)):
-            raise TargetOutOfReach(
-                f"snl cannot reach {self.budget:,} ReLUs in max_epochs={self.max_epochs}: still {count:,} after epoch "
-                f"{stats.epoch} (lambda {self.lasso.lam:.3g}), and even twice its best fall per epoch so far would not get "
-                "there; stopped early (raise lam, kappa or max_epochs, or --no-early-stop)"
-            )
-        return self.reached
+        self._keep_within(count, list(self.pending), list(self.counts), list(self.lambdas))
+        if self.early_stop:
+            for budget in list(self.pending):
+                reason = self._out_of_reach(budget, stats.epoch, count)
+                if reason:
+                    self.failures[budget] = reason
+                    self.pending.remove(budget)
+        return not self.pending
 
+    def _keep_within(self, count: int, budgets: list[int], counts: list[int], lambdas: list[float]) -> None:
+        for budget in budgets:
+            if budget in self.pending and count <= budget:
+                self.snapshots[budget] = _Snapshot(copy.deepcopy(self.model.state_dict()), count, self.steps, counts, lambdas)
+                self.pending.remove(budget)
 
-NEAR_BUDGET = 2.0  # within this factor of the budget, _BudgetWatch counts after every optimizer step
-CHECKS_PER_EPOCH = 20  # before that, how often per epoch it counts by default
-
-
-class _BudgetWatch:
-    """SNL's step hook: count the ReLUs above epsilon every ``every`` optimizer steps, and after every
-    step once the count is within ``NEAR_BUDGET`` times the budget; True (end the mask phase) at the
-    first count within the budget. Counting only at epoch ends, as the released code does, lets one
-    epoch of a short schedule take a count from 139,264 to 305 for a budget of 6,963, after which
-    ``exact_budget`` refills the budget from masks already below epsilon. A count is a reduction over
-    the masks (:func:`search.relu.active_relus`), well under 1 % of a step. ``every`` 0: never."""
-
-    def __init__(self, model: nn.Module, budget: int, every: int) -> None:
-        self.model, self.budget, self.every = model, budget, every
-        self.steps = 0
-        self.near = False
-
-    def __call__(self) -> bool:
-        self.steps += 1
-        if not self.every or (not self.near and self.steps % self.every):
-            return False
-        count = active_relus(self.model)
-        self.near = count <= NEAR_BUDGET * self.budget
-        return count <= self.budget
+    def _out_of_reach(self, budget: int, epoch: int, count: int) -> str | None:
+        """Why ``budget`` can no longer be reached within ``max_epochs`` (None while it can)."""
+        if self.judge_after >= self.max_epochs:
+            return (f"snl cannot reach {budget:,} ReLUs in max_epochs={self.max_epochs}: at this lr Adam needs about "
+                    f"{self.judge_after:.0f} epochs to move a mask from 1 to epsilon; stopped early (raise lr or max_epochs, "
+                    "or --no-early-stop)")
+        if epoch > self.judge_after and out_of_reach(self.counts, self.full, budget, self.max_epochs - epoch):
+            return (f"snl cannot reach {budget:,} ReLUs in max_epochs={self.max_epochs}: still {count:,} after epoch "
+                    f"{epoch} (lambda {self.lasso.lam:.3g}), and even twice its best fall per epoch so far would not get "
+                    "there; stopped early (raise lam, kappa or max_epochs, or --no-early-stop)")
+        return None
 
 
 def select_top(masked: list[ReLUSite], budget: int) -> int:
@@ -315,7 +350,16 @@ class SNL(Strategy):
         )
 
     def run(self, ctx: Context, options: SNLOptions) -> Outcome:
-        _require_budget(ctx.budget)
+        budget = _require_budget(ctx.budget)
+        (result,) = self.run_budgets(ctx, options, [budget]).values()
+        if isinstance(result, SearchError):
+            raise result
+        return result
+
+    def run_budgets(self, ctx: Context, options: SNLOptions, budgets: list[int]) -> dict[int, Outcome | SearchError]:
+        """One mask phase down to the smallest budget, a snapshot of the masks the first time the count
+        is within each budget (the masks a run to that budget alone would end with, same seed), then
+        each snapshot binarized and finetuned on its own."""
         opts = options.resolved(ctx.data.info.name)
         info = ctx.data.info
         model = build_model(ctx.model_name, num_classes=info.num_classes, input_size=info.input_shape, **ctx.model_options)
@@ -324,21 +368,19 @@ class SNL(Strategy):
         model.to(ctx.device)
         trace_shapes(model, info.input_shape)
         full = relu_count(model, info.input_shape)
-        if not 0 < ctx.budget <= full:
-            raise SearchError(f"budget {ctx.budget} is out of range: expected 1..{full:,} (the model's full ReLU count)")
+        for budget in budgets:
+            if not 0 < budget <= full:
+                raise SearchError(f"budget {budget} is out of range: expected 1..{full:,} (the model's full ReLU count)")
         masked = sites(model)
         for site in masked:
-            shape = site.mask_shape(opts.granularity)
-            site.set_mask(torch.ones(shape, device=ctx.device), trainable=True)
+            site.set_mask(torch.ones(site.mask_shape(opts.granularity), device=ctx.device), trainable=True)
             site.count_threshold = opts.epsilon
-
         lasso = _Lasso(masked, opts.lam)
         steps_per_epoch = math.ceil(len(ctx.data.train) / opts.batch_size)  # type: ignore[operator]
-        schedule = _Schedule(model, info.input_shape, ctx.budget, lasso, opts.kappa, opts.warmup, ctx.log, full=full,
-                             max_epochs=opts.max_epochs, early_stop=ctx.early_stop,  # type: ignore[arg-type]
-                             travel=travel_epochs(opts.lr, opts.epsilon, steps_per_epoch))  # type: ignore[arg-type]
-        every = opts.count_every if opts.count_every is not None else max(1, steps_per_epoch // CHECKS_PER_EPOCH)
-        watch = _BudgetWatch(model, ctx.budget, every)
+        phase = _MaskPhase(model, info.input_shape, budgets, lasso, opts.kappa, opts.warmup, ctx.log, full=full,
+                           max_epochs=opts.max_epochs, early_stop=ctx.early_stop,  # type: ignore[arg-type]
+                           travel=travel_epochs(opts.lr, opts.epsilon, steps_per_epoch),  # type: ignore[arg-type]
+                           every=opts.count_every if opts.count_every is not None else max(1, steps_per_epoch // CHECKS_PER_EPOCH))
         mask_config = TrainConfig(
             epochs=opts.max_epochs,  # type: ignore[arg-type]
             optimizer="adam",
@@ -351,26 +393,40 @@ class SNL(Strategy):
             kd_temperature=opts.kd_temperature,
             seed=ctx.seed,
         )
-        fit(model, ctx.data, mask_config, ctx.device, teacher=teacher, extra_loss=lasso, on_epoch_end=schedule,
-            on_step_end=watch, select_best=False, log=ctx.log, label="snl-mask")
-        if not schedule.reached:
-            last = schedule.counts[-1] if schedule.counts else full
-            raise SearchError(
-                f"snl did not reach the budget of {ctx.budget:,} ReLUs in max_epochs={opts.max_epochs} epochs "
-                f"(still {last:,}, lambda {lasso.lam:.3g}); raise max_epochs, lam, kappa or lr"
-            )
-        count_at_stop = schedule.counts[-1]
+        fit(model, ctx.data, mask_config, ctx.device, teacher=teacher, extra_loss=lasso, on_epoch_end=phase.epoch_end,
+            on_step_end=phase.step_end, select_best=False, log=ctx.log, label="snl-mask")
+        results: dict[int, Outcome | SearchError] = {}
+        reached = [b for b in budgets if b in phase.snapshots]
+        for budget in budgets:
+            if budget in phase.snapshots:  # the last one finetunes the model itself, the others a copy
+                student = model if budget == reached[-1] else copy.deepcopy(model)
+                results[budget] = self._finetune(ctx, opts, student, budget, phase.snapshots[budget], teacher, full)
+            elif budget in phase.failures:
+                results[budget] = TargetOutOfReach(phase.failures[budget])
+            else:
+                last = phase.counts[-1] if phase.counts else full
+                results[budget] = SearchError(
+                    f"snl did not reach the budget of {budget:,} ReLUs in max_epochs={opts.max_epochs} epochs "
+                    f"(still {last:,}, lambda {lasso.lam:.3g}); raise max_epochs, lam, kappa or lr"
+                )
+        return results
+
+    def _finetune(self, ctx: Context, opts: SNLOptions, model: nn.Module, budget: int, snapshot: _Snapshot,
+                  teacher: nn.Module, full: int) -> Outcome:
+        """Binarize the masks of ``snapshot`` (exactly ``budget`` ReLUs, or those above epsilon) and finetune with KD."""
+        info = ctx.data.info
+        model.load_state_dict(snapshot.state)
+        masked = sites(model)
         if opts.exact_budget:
-            select_top(masked, ctx.budget)
+            select_top(masked, budget)
         else:
             for site in masked:
                 site.binarize()
         binary_count = relu_count(model, info.input_shape)
-        added = binary_count - count_at_stop if opts.exact_budget else 0  # every mask above epsilon is among the kept
+        added = binary_count - snapshot.count if opts.exact_budget else 0  # every mask above epsilon is among the kept
         progress.note_relus(binary_count)
-        ctx.log(f"snl: mask phase ended after {watch.steps:,} steps; masks binarized and frozen: {binary_count:,} ReLUs "
-                f"(budget {ctx.budget:,}; {count_at_stop:,} above epsilon at the stop, {added:,} added below it by exact_budget)")
-
+        ctx.log(f"snl: budget {budget:,} reached after {snapshot.steps:,} mask steps; masks binarized and frozen: "
+                f"{binary_count:,} ReLUs ({snapshot.count:,} above epsilon at the stop, {added:,} added below it by exact_budget)")
         finetune_config = TrainConfig(
             epochs=opts.finetune_epochs,  # type: ignore[arg-type]
             optimizer="sgd",
@@ -393,13 +449,13 @@ class SNL(Strategy):
         relus = relu_count(model, info.input_shape)
         details = {
             "granularity": opts.granularity,
-            "mask_epochs": len(schedule.counts),
-            "counts": schedule.counts,
-            "lambdas": schedule.lambdas,
-            "final_lambda": lasso.lam,
-            "count_above_epsilon": count_at_stop,
+            "mask_epochs": len(snapshot.counts),
+            "counts": snapshot.counts,
+            "lambdas": snapshot.lambdas,
+            "final_lambda": snapshot.lambdas[-1] if snapshot.lambdas else opts.lam,
+            "count_above_epsilon": snapshot.count,
             "added_below_epsilon": added,
-            "mask_steps": watch.steps,
+            "mask_steps": snapshot.steps,
             "finetune_epochs": opts.finetune_epochs,
             "full_relus": full,
             "options": {k: v for k, v in vars(opts).items()},
