@@ -472,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir, settings = plan.run_dir, plan.settings
     with rundir.claim(run_dir, new=plan.new) as lock:
         cluster.quiet(args.verbose)
+        importlib.import_module("ray")  # here, before the thread: two threads must not import one package at once
         imports = threading.Thread(target=_import_study_engine, daemon=True)
         imports.start()
         started = cluster.connect(args.address, args.verbose)
