@@ -82,7 +82,8 @@ class Quick(Strategy):
         info = ctx.data.info
         model = self._mask(_from_teacher(ctx), options)
         val_acc = _finetune(ctx, model, options.epochs)
-        return Outcome(model, ctx.model_name, ctx.model_options, relu_count(model, info.input_shape), val_acc)
+        relus = relu_count(model, info.input_shape)
+        return Outcome(model, ctx.model_name, ctx.model_options, relus, val_acc, {"kept": relus, "asked": options.keep})
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ def test_study_stores_a_pareto_front(mixed: tuple[Path, subprocess.CompletedProc
         assert (run_dir / attrs["model_path"]).with_name("log.txt").read_text().strip()
     quick = [t for t in complete if t.params["strategy"] == QUICK]
     assert all(t.user_attrs["options"] == {"keep": t.params["quick/keep"]} for t in quick)
+    assert all(t.user_attrs["details"] == {"kept": t.user_attrs["relus"], "asked": t.params["quick/keep"]} for t in quick)
     assert len({t.user_attrs["relus"] for t in quick}) == len(quick) >= 2, "each keep fraction gives its own ReLU count"
     expected = {complete[i].number for i in pareto_front([t.values for t in complete], settings.directions)}
     assert expected and {t.number for t in study.best_trials} == expected

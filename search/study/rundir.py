@@ -25,7 +25,9 @@ a rung, up to its last epoch), ``progress_seconds`` (time the trial spent stream
 the driver), ``model_path`` (relative to the run directory), ``feasible`` (within the budget), and,
 for a failed trial, ``fail_reason``. Trial values follow ``RunSettings.objectives`` in order.
 
-Also recorded: ``options`` (the strategy options the trial used, sampled and fixed), ``node_ip`` (the
+Also recorded: ``options`` (the strategy options the trial used, sampled and fixed), ``details`` (what
+the strategy reports of its run, e.g. SNL's counts per epoch, ``count_above_epsilon`` and
+``added_below_epsilon``, DeepReDuce's plan; a completed trial's), ``node_ip`` (the
 Ray node it ran on), ``infeasible_reason`` for a PRUNED trial whose plan was over the budget (it
 never trained and is never on the Pareto front; its ``relus`` is the plan's count), ``prune_reason``
 for a PRUNED trial stopped early (its target out of reach, or dominated at a rung: see
@@ -73,6 +75,7 @@ TRIAL_ATTRS = (
     "feasible",
     "fail_reason",
     "options",
+    "details",
     "node_ip",
     "infeasible_reason",
     "prune_reason",

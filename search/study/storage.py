@@ -199,6 +199,8 @@ def record(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any], obj
         if result.get(key):
             trial.set_user_attr(key, result[key])
     trial.set_user_attr("options", json.loads(result.get("options") or "{}"))
+    if result.get("details", "{}") != "{}":
+        trial.set_user_attr("details", json.loads(result["details"]))
     trial.set_user_attr("feasible", bool(result.get("feasible")))
     relus = result.get("relus")
     if budget is not None and isinstance(relus, (int, float)) and math.isfinite(relus):

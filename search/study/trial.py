@@ -66,7 +66,7 @@ def blank_metrics(spec: TrialSpec) -> dict[str, Any]:
     nan = float("nan")
     metrics: dict[str, Any] = {name: nan for name in spec.objectives}
     metrics.update(
-        status="failed", reason="", strategy="", options="{}", relus=nan, val_acc=nan, test_acc=nan,
+        status="failed", reason="", strategy="", options="{}", details="{}", relus=nan, val_acc=nan, test_acc=nan,
         latency_s=nan, communication_mb=nan, seconds=nan, compute_seconds=nan, progress_seconds=nan, feasible=False, model_path="", node_ip="",
         storage_error="", phase="", epoch=0, epochs=0, elapsed_s=nan, eta_s=nan, step=0, open_ended=False, curve="[]",
     )
@@ -141,6 +141,7 @@ def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], nod
             latency_s=cost.latency_s(relus), communication_mb=cost.communication_mb(relus), feasible=True,
             seconds=time.perf_counter() - start,
             model_path=trial_model_path(Path(), number).as_posix(),
+            details=json.dumps(result.outcome.details, sort_keys=True, default=str),
         )
         _with_objectives(metrics, spec)
         bad = [name for name in spec.objectives if not math.isfinite(metrics[name])]
