@@ -84,14 +84,14 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    prepared, out, cache_dir, budgets = checked_job(args)
+    prepared, outputs, cache_dir, budgets = checked_job(args)
     job = prepared.job
     shown = ", ".join(f"{b:,}" for b in budgets) if budgets else "none"
     header = (f"{job.strategy} on {prepared.model_name}/{job.dataset}: {prepared.full_relus:,} ReLUs, "
               f"budget{'s' if len(budgets) > 1 else ''} {shown}")
     if args.dry_run:
         print(f"dry run (nothing is trained or written): {header}")
-        print_dry_run(prepared, out, cache_dir)
+        print_dry_run(prepared, outputs, cache_dir)
         return 0
     print(header)
     data = load_dataset(job.dataset, job.data_dir, job.download)  # missing or corrupt files fail before training
@@ -107,9 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def checked_job(args: argparse.Namespace) -> tuple[Prepared, Path | None, Path, list[int]]:
-    """The job the command line asks for, every value and output path checked; nothing trained. With
-    several budgets the job's budget is the smallest (the one a shared run goes down to)."""
+def checked_job(args: argparse.Namespace) -> tuple[Prepared, list[Path], Path, list[int]]:
+    """The job the command line asks for, every value and output path checked (the files ``--out``
+    leads to: one, or one per budget); nothing trained. With several budgets the job's budget is the
+    smallest (the one a shared run goes down to)."""
     strategy = get_strategy(args.strategy)
     info = dataset_info(args.dataset)
     model_name = args.model if args.model is not None else info.default_model
@@ -119,10 +120,12 @@ def checked_job(args: argparse.Namespace) -> tuple[Prepared, Path | None, Path, 
     check_device(args.device)
     check_seed(args.seed)
     # Output paths before anything trains: a result that cannot be saved is lost.
-    out = check_writable_file(args.out, "--out") if args.out is not None else None
-    if out is not None and len(budgets) > 1:
-        for each in budgets:
-            check_writable_file(str(budget_path(args.out, each)), "--out")
+    if args.out is None:
+        outputs = []
+    elif len(budgets) > 1:
+        outputs = [check_writable_file(str(budget_path(args.out, each)), "--out") for each in budgets]
+    else:
+        outputs = [check_writable_file(args.out, "--out")]
     cache_dir = check_writable_dir(args.cache_dir if args.cache_dir is not None else default_cache_dir(),
                                    cache_option(args.cache_dir))
     job = Job(
@@ -140,10 +143,10 @@ def checked_job(args: argparse.Namespace) -> tuple[Prepared, Path | None, Path, 
         cache_dir=str(cache_dir),
         out=args.out,
     )
-    return prepare(job), out, cache_dir, budgets
+    return prepare(job), outputs, cache_dir, budgets
 
 
-def print_dry_run(prepared: Prepared, out: Path | None, cache_dir: Path) -> None:
+def print_dry_run(prepared: Prepared, outputs: list[Path], cache_dir: Path) -> None:
     """What a run would do, after the checks the run makes before training (the strategy's own
     included) and reading the data as the run would."""
     job, strategy, info = prepared.job, prepared.strategy, dataset_info(prepared.job.dataset)
@@ -158,7 +161,7 @@ def print_dry_run(prepared: Prepared, out: Path | None, cache_dir: Path) -> None
         print(teacher_status(prepared.model_name, prepared.model_options, data, recipe, cache_dir))
     else:
         print("teacher: not used with these options")
-    print(f"output: {out if out is not None else 'none (no --out)'}")
+    print(f"output: {', '.join(map(str, outputs)) or 'none (no --out)'}")
 
 
 if __name__ == "__main__":

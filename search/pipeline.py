@@ -91,9 +91,9 @@ def execute(
 ) -> Result:
     """Run a prepared job; ``data`` may be passed in when the caller has it loaded already."""
     start = time.perf_counter()
-    ctx, data, teacher_record = _context(prepared, log, data)
+    ctx, teacher_record = _context(prepared, log, data)
     outcome = prepared.strategy.run(ctx, prepared.options)
-    return _finish(prepared, outcome, prepared.job.budget, data, ctx.device, teacher_record, start, prepared.job.out, log)
+    return _finish(prepared, ctx, outcome, prepared.job.budget, prepared.job.out, teacher_record, start)
 
 
 def execute_budgets(
@@ -103,12 +103,12 @@ def execute_budgets(
     among them); each budget's result or the SearchError that stopped it. With ``job.out``, each model is
     saved to :func:`budget_path`."""
     start = time.perf_counter()
-    ctx, data, teacher_record = _context(prepared, log, data)
+    ctx, teacher_record = _context(prepared, log, data)
     outcomes = prepared.strategy.run_budgets(ctx, prepared.options, budgets)
     return {
         budget: outcome if isinstance(outcome, SearchError) else _finish(
-            prepared, outcome, budget, data, ctx.device, teacher_record, start,
-            str(budget_path(prepared.job.out, budget)) if prepared.job.out else None, log)
+            prepared, ctx, outcome, budget, str(budget_path(prepared.job.out, budget)) if prepared.job.out else None,
+            teacher_record, start)
         for budget, outcome in outcomes.items()
     }
 
@@ -119,8 +119,9 @@ def budget_path(out: str | Path, budget: int) -> Path:
     return path.with_name(f"{path.stem}-{budget}{path.suffix}")
 
 
-def _context(prepared: Prepared, log: Callable[[str], None], data: Dataset | None) -> tuple[Context, Dataset, dict[str, Any]]:
-    """The strategy's Context (data loaded, the teacher fetched on first use), the data and the teacher's record."""
+def _context(prepared: Prepared, log: Callable[[str], None], data: Dataset | None) -> tuple[Context, dict[str, Any]]:
+    """The strategy's Context (data loaded, the teacher fetched on first use) and the teacher's record,
+    filled once the teacher is fetched."""
     job = prepared.job
     device = pick_device(job.device)
     seed_everything(job.seed)
@@ -136,19 +137,19 @@ def _context(prepared: Prepared, log: Callable[[str], None], data: Dataset | Non
 
     ctx = Context(prepared.model_name, prepared.model_options, data, job.budget, device, job.seed, teacher, cache_dir, log,
                   early_stop=job.early_stop)
-    return ctx, data, teacher_record
+    return ctx, teacher_record
 
 
-def _finish(prepared: Prepared, outcome: Outcome, budget: int | None, data: Dataset, device: Any, teacher_record: dict[str, Any],
-            start: float, out: str | None, log: Callable[[str], None]) -> Result:
+def _finish(prepared: Prepared, ctx: Context, outcome: Outcome, budget: int | None, out: str | None,
+            teacher_record: dict[str, Any], start: float) -> Result:
     """Check the outcome's count against the model and ``budget``, evaluate the test set once, save to ``out``."""
-    job = prepared.job
+    job, data = prepared.job, ctx.data
     counted = relu_count(outcome.model, data.info.input_shape)
     if counted != outcome.relus:
         raise RuntimeError(f"strategy {job.strategy} reported {outcome.relus} ReLUs but the model has {counted}")
     if budget is not None and counted > budget:
         raise RuntimeError(f"strategy {job.strategy} returned {counted:,} ReLUs, over the budget of {budget:,}")
-    test_acc = evaluate(outcome.model, Loader(data.test, data.info, 512, device))
+    test_acc = evaluate(outcome.model, Loader(data.test, data.info, 512, ctx.device))
     result = Result(outcome, test_acc, teacher_record, time.perf_counter() - start)
     if out:
         save_model(
@@ -168,7 +169,7 @@ def _finish(prepared: Prepared, outcome: Outcome, budget: int | None, data: Data
                 "details": _plain(outcome.details),
             },
         )
-        log(f"saved {out}")
+        ctx.log(f"saved {out}")
     return result
 
 

@@ -224,7 +224,7 @@ class _MaskPhase:
         count = active_relus(self.model)
         for budget in due:
             self.near[budget] = count <= NEAR_BUDGET * budget
-        self._keep_within(count, due, [*self.counts, count], [*self.lambdas, self.lasso.lam])
+        self._keep_within(count, due, mid_epoch=True)
         return not self.pending
 
     def epoch_end(self, stats: EpochStats) -> bool:
@@ -240,7 +240,7 @@ class _MaskPhase:
         shown = ", ".join(f"{b:,}" for b in self.pending) or "reached"
         self.log(f"snl epoch {stats.epoch}: relus {count:,} (budget {shown}), lambda {self.lambdas[-1]:.3g}")
         progress.note_relus(count)
-        self._keep_within(count, list(self.pending), list(self.counts), list(self.lambdas))
+        self._keep_within(count, list(self.pending), mid_epoch=False)
         if self.early_stop:
             for budget in list(self.pending):
                 reason = self._out_of_reach(budget, stats.epoch, count)
@@ -249,9 +249,13 @@ class _MaskPhase:
                     self.pending.remove(budget)
         return not self.pending
 
-    def _keep_within(self, count: int, budgets: list[int], counts: list[int], lambdas: list[float]) -> None:
+    def _keep_within(self, count: int, budgets: list[int], mid_epoch: bool) -> None:
+        """Snapshot each of ``budgets`` that ``count`` is within; a snapshot's record ends with this count
+        (mid-epoch: after the epochs finished so far, as a run stopped here would record it)."""
         for budget in budgets:
             if budget in self.pending and count <= budget:
+                counts = [*self.counts, count] if mid_epoch else list(self.counts)
+                lambdas = [*self.lambdas, self.lasso.lam] if mid_epoch else list(self.lambdas)
                 self.snapshots[budget] = _Snapshot(copy.deepcopy(self.model.state_dict()), count, self.steps, counts, lambdas)
                 self.pending.remove(budget)
 
