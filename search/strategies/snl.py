@@ -175,7 +175,7 @@ class _MaskPhase:
 
     Counting: the ReLUs above epsilon are counted every ``every`` optimizer steps, and after every
     step once the count is within ``NEAR_BUDGET`` times a budget (:func:`search.relu.active_relus`, a
-    reduction over the masks, well under 1 % of a step), and at each epoch's end. The first count
+    reduction over the masks, no forward pass), and at each epoch's end. The first count
     within a budget keeps a :class:`_Snapshot` for it. Counting only at epoch ends, as the released
     code does (``every`` 0), lets one epoch of a short schedule take a count from 139,264 to 305 for a
     budget of 6,963, after which ``exact_budget`` refills the budget from masks already below epsilon.
