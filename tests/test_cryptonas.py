@@ -19,7 +19,7 @@ from search.cli import run_main
 from search.data import load_dataset
 from search.errors import SearchError
 from search.pipeline import Job, execute, prepare
-from search.relu import relu_count, relu_table, sites
+from search.relu import relu_count, relu_table, sites, trace_shapes
 from search.spaces import build_model
 from search.strategies import Context, get_strategy
 from search.strategies import cryptonas as cryptonas_module
@@ -97,6 +97,21 @@ def test_balanced_network_has_the_same_count_in_every_layer(input_shape: tuple[i
     assert set(counts.values()) == {per_layer}
     assert sum(counts.values()) == 9 * per_layer
     assert model.channels[1:] == [5] * 3 + [20] * 3 + [80] * 3
+
+
+# Layers per resolution in the official code (ENAS general_child.py: pool after layers L//3 - 1 and
+# 2*(L//3) - 1, 0-based), written out by hand for every L from 6 to 12.
+OFFICIAL_STAGE_SIZES = {6: (2, 2, 2), 7: (2, 2, 3), 8: (2, 2, 4), 9: (3, 3, 3), 10: (3, 3, 4), 11: (3, 3, 5), 12: (4, 4, 4)}
+
+
+@pytest.mark.parametrize("layers", sorted(OFFICIAL_STAGE_SIZES))
+def test_stage_boundaries_follow_the_official_code(layers: int) -> None:
+    model = build_model("cnet", input_size=CIFAR, layers=layers, width=2)
+    sides = [site.shape[-1] for site in trace_shapes(model, CIFAR)]
+    sizes = tuple(sides.count(side) for side in (32, 16, 8))
+    assert sizes == OFFICIAL_STAGE_SIZES[layers] and len(sides) == layers
+    stages = [site.stage for site in sites(model)]
+    assert stages == [f"stage{k}" for k, n in enumerate(sizes, start=1) for _ in range(n)]
 
 
 def test_balance_off_grows_channels_x2_and_the_table_shows_the_imbalance(command) -> None:
@@ -226,6 +241,13 @@ def test_suggest_searches_the_macro_space_within_the_budget(tmp_path: Path) -> N
     assert len(set(seen)) > 6 and len({len(ops) for ops, _ in seen}) > 1
     params = set().union(*(t.params for t in study.trials))
     assert {"cryptonas/layers", "cryptonas/fill", "cryptonas/op_1", "cryptonas/skip_1"} <= params
+
+    published = optuna.create_study(storage=storage, study_name="published")  # 24 layers, two skips into layer 5
+    published.enqueue_trial({"cryptonas/layers": 24, "cryptonas/skip_5": "3", "cryptonas/skip2_5": "1", "cryptonas/skip_9": "8",
+                             "cryptonas/skip2_9": "8"})
+    options = strategy.parse_options(strategy.suggest(published.ask(), 10**6))
+    assert options.layers == 24 and {"1-5", "3-5", "8-9"} <= set(options.skips)
+    assert not any(skip.endswith("-9") and skip != "8-9" for skip in options.skips)
 
     free = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0), study_name="free")
     chosen = strategy.suggest(free.ask(), None)

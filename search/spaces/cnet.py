@@ -9,8 +9,9 @@ pooling and a linear classifier. The two architectural moves of CryptoNAS (Ghods
   concatenate -> 1x1 conv -> BN with no ReLU. Off gives the conventional network CryptoNAS starts
   from (its Fig. 2b): op -> BN -> ReLU in every layer, and a skip merge concatenate -> 1x1 conv -> BN
   -> ReLU, so every layer that receives a skip pays a second ReLU layer.
-* ``balance`` (ReLU balancing, on by default): the resolution halves before layers L//3 and 2L//3
-  (0-based) and the channels grow x4 there, so every layer has the same ReLU count and the total is
+* ``balance`` (ReLU balancing, on by default): the resolution halves before layers L//3 and
+  2*(L//3) (0-based), where the official code (ENAS's ``general_child.py``, ``pool_layers``) puts
+  them, and the channels grow x4 there, so every layer has the same ReLU count and the total is
   L * width * H * W (CNet (6,14), (12,28), (24,56) at 32x32: 86,016 / 344,064 / 1,376,256). Off
   grows channels x2, the usual rule, and later layers get half and a quarter of the first stage's count.
 
@@ -44,9 +45,12 @@ SKIP_FORMAT = "FROM-TO pairs such as 0-2,1-3: the output of layer FROM (0 is the
 
 
 def stage_of(index: int, layers: int) -> int:
-    """Resolution stage (1..3) of 1-based layer ``index``: downsampling before layers L//3 and 2L//3."""
+    """Resolution stage (1..3) of 1-based layer ``index``: downsampling before 0-based layers L//3 and
+    2*(L//3), as the official code pools after layers ``L//3 - 1`` and ``2*(L//3) - 1``; when L is not
+    a multiple of 3 the last stage takes the extra layers (L = 8: 2, 2, 4)."""
+    distance = layers // 3
     zero_based = index - 1
-    return 1 + (zero_based >= layers // 3) + (zero_based >= 2 * layers // 3)
+    return 1 + (zero_based >= distance) + (zero_based >= 2 * distance)
 
 
 def expand_ops(ops: Sequence[str], layers: int) -> tuple[str, ...]:

@@ -15,9 +15,11 @@ candidate over the budget is rejected with a SearchError (nothing is trained; a 
 :meth:`CryptoNAS.plan` first and records the trial as infeasible).
 
 In a study, :meth:`CryptoNAS.suggest` searches the ENAS-style macro space define-by-run: depth
-``cryptonas/layers`` (3..12, step 3), per-layer ops ``cryptonas/op_<i>`` and one optional skip into
-each layer ``cryptonas/skip_<i>`` (a fixed set of choices per name), and, with a budget, the share of
-it to fill ``cryptonas/fill`` (without one, the width ``cryptonas/width``).
+``cryptonas/layers`` (3..24, step 3: the published CNets have 6, 12 and 24 layers), per-layer ops
+``cryptonas/op_<i>`` and up to two skips into each layer, ``cryptonas/skip_<i>`` and, when that one is
+taken, ``cryptonas/skip2_<i>`` (a fixed set of choices per name; a second skip equal to the first adds
+nothing), and, with a budget, the share of it to fill ``cryptonas/fill`` (without one, the width
+``cryptonas/width``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 
 CNET_RATIO = 7 / 3  # width / depth of the published CNets
 DEFAULT_LAYERS, DEFAULT_WIDTH = 6, 14  # CNet (6,14), used when neither a width nor a ReLU target is given
-SEARCH_MAX_LAYERS = 12
+SEARCH_MAX_LAYERS = 24  # the deepest published CNet
 PICK_MAX_LAYERS = 48  # deepest CNet a free depth is picked from: twice the largest published; bounds the search time
 SEARCH_WIDTHS = (4, 64)
 SEARCH_MIN_FILL = 0.25
@@ -185,9 +187,13 @@ class CryptoNAS(Strategy):
         ops = tuple(trial.suggest_categorical(f"cryptonas/op_{i}", OPS) for i in range(1, layers + 1))
         skips = []
         for i in range(1, layers + 1):
-            source = trial.suggest_categorical(f"cryptonas/skip_{i}", ("none", *map(str, range(i))))
-            if source != "none":
-                skips.append(f"{source}-{i}")
+            choices = ("none", *map(str, range(i)))
+            first = trial.suggest_categorical(f"cryptonas/skip_{i}", choices)
+            if first == "none":
+                continue
+            second = trial.suggest_categorical(f"cryptonas/skip2_{i}", choices)
+            sources = sorted({int(first)} | ({int(second)} if second != "none" else set()))
+            skips.extend(f"{source}-{i}" for source in sources)
         chosen: dict[str, Any] = {"layers": layers, "ops": ops, "skips": tuple(skips)}
         if budget is None:
             chosen["width"] = trial.suggest_int("cryptonas/width", *SEARCH_WIDTHS, log=True)
