@@ -86,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if model_name is None:
         raise SearchError("--model is required with --input")
     strategy = get_strategy(args.strategy) if args.strategy is not None else None
-    model_options, strategy_raw = split_settings(args.sets, model_name, strategy)
+    routed = split_settings(args.sets, model_name, strategy)  # teacher./train. options change no count
+    model_options, strategy_raw = routed.model, routed.strategy
     if strategy is not None:
         options = strategy.parse_options(strategy_raw)
         model = strategy.plan(model_name, model_options, input_size, num_classes, options)

@@ -14,6 +14,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from search.cli import ArgumentParser, add_data_arguments, add_model_arguments, run_main
+from search.config import describe_about, parse_with_config
 from search.data import dataset_info, load_dataset
 from search.dryrun import check_data, teacher_status
 from search.errors import SearchError
@@ -24,7 +25,6 @@ from search.preflight import check_device, check_seed
 from search.settings import describe_options, parse_budgets, split_settings
 from search.strategies import get_strategy, list_strategies
 from search.teacher import default_cache_dir
-from search.train import teacher_config
 
 
 def strategies_help() -> str:
@@ -65,7 +65,8 @@ def build_parser() -> ArgumentParser:
         epilog=strategies_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--strategy", required=True, help=f"one of: {', '.join(list_strategies())}")
+    parser.add_argument("--strategy", help="(required, here or in --config) "
+                        + f"one of: {', '.join(list_strategies())}")
     add_model_arguments(parser)
     add_data_arguments(parser)
     parser.add_argument("--budget", help="ReLU budget: a count (e.g. 50000) or a percentage of the model's ReLUs (e.g. 10%%); "
@@ -74,16 +75,26 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", help="save the linearized model (weights and masks) here; with several budgets, "
                         "to NAME-<budget>.pt beside it")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the data split is fixed)")
-    parser.add_argument("--teacher-epochs", type=int, help="epochs for the cached full-ReLU teacher (default per dataset)")
+    parser.add_argument("--teacher-epochs", type=int, help="epochs for the cached full-ReLU teacher (default per dataset); "
+                        "the same as --set teacher.epochs=N. Every field of the teacher's recipe is --set teacher.KEY=VALUE, "
+                        "and of the strategy's final training phase --set train.KEY=VALUE (see README, Training recipes)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     parser.add_argument("--cache-dir", help="teacher cache (default: $SEARCH_CACHE_DIR or ~/.cache/search)")
+    parser.add_argument("--config", metavar="FILE", help="YAML file of options keyed by their long names (strategy: snl, "
+                        "budget: 10%%, set: [max_epochs=2000]), such as the papers' recipes in recipes/; the command line "
+                        "overrides it, a --set KEY=VALUE the file's entry of that key")
     parser.add_argument("--dry-run", action="store_true", help="check every input as a run would and print what it "
                         "would do (model, ReLUs, budget, plan, data, teacher); train and write nothing")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
+    if args.strategy is None:
+        raise SearchError("--strategy is required (on the command line or in --config); "
+                          f"installed: {', '.join(list_strategies())}")
+    if args.config:
+        print(describe_about(args.config, args.about))
     prepared, outputs, cache_dir, budgets = checked_job(args)
     job = prepared.job
     shown = ", ".join(f"{b:,}" for b in budgets) if budgets else "none"
@@ -114,8 +125,9 @@ def checked_job(args: argparse.Namespace) -> tuple[Prepared, list[Path], Path, l
     strategy = get_strategy(args.strategy)
     info = dataset_info(args.dataset)
     model_name = args.model if args.model is not None else info.default_model
-    model_options, strategy_options = split_settings(args.sets, model_name, strategy)
-    budgets = parse_budgets(args.budget, full_relu_count(model_name, model_options, info.name)) if args.budget is not None else []
+    routed = split_settings(args.sets, model_name, strategy)
+    model_options = routed.model
+    budgets = parse_budgets(str(args.budget), full_relu_count(model_name, model_options, info.name)) if args.budget is not None else []
     budget = min(budgets) if budgets else None
     check_device(args.device)
     check_seed(args.seed)
@@ -134,11 +146,13 @@ def checked_job(args: argparse.Namespace) -> tuple[Prepared, list[Path], Path, l
         model=model_name,
         budget=budget,
         model_options=model_options,
-        strategy_options=strategy_options,
+        strategy_options=routed.strategy,
         data_dir=args.data_dir,
         download=args.download,
         seed=args.seed,
         teacher_epochs=args.teacher_epochs,
+        teacher_options=routed.teacher,
+        train_options=routed.train,
         device=args.device,
         cache_dir=str(cache_dir),
         out=args.out,
@@ -157,7 +171,7 @@ def print_dry_run(prepared: Prepared, outputs: list[Path], cache_dir: Path) -> N
     print(f"plan: {plan}")
     print(data_line)
     if strategy.uses_teacher(prepared.options):
-        recipe = teacher_config(job.dataset, job.teacher_epochs)
+        recipe = prepared.teacher_recipe
         print(teacher_status(prepared.model_name, prepared.model_options, data, recipe, cache_dir))
     else:
         print("teacher: not used with these options")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from search.relu import relu_count
 from search.spaces import build_model, check_model_options
 from search.strategies import Context, Outcome, Strategy, get_strategy
 from search.teacher import default_cache_dir, get_teacher
-from search.train import pick_device, seed_everything, teacher_config, evaluate
+from search.train import TrainConfig, evaluate, pick_device, seed_everything, teacher_config
 
 
 @dataclass
@@ -35,7 +35,9 @@ class Job:
     data_dir: str | None = None
     download: bool = False
     seed: int = 0
-    teacher_epochs: int | None = None
+    teacher_epochs: int | None = None  # shorthand for teacher_options["epochs"]
+    teacher_options: dict[str, Any] = field(default_factory=dict)  # typed TrainConfig fields (--set teacher.KEY)
+    train_options: dict[str, Any] = field(default_factory=dict)  # the final training phase's (--set train.KEY)
     device: str = "auto"
     cache_dir: str | None = None
     out: str | None = None
@@ -52,6 +54,7 @@ class Prepared:
     model_name: str
     model_options: dict[str, Any]
     full_relus: int
+    teacher_recipe: TrainConfig
 
 
 @dataclass
@@ -81,9 +84,10 @@ def prepare(job: Job) -> Prepared:
     full = full_relu_count(model_name, model_options, job.dataset)
     if job.budget is not None and not 0 < job.budget <= full:
         raise SearchError(f"budget {job.budget} is out of range: expected 1..{full:,} (the model's full ReLU count)")
-    teacher_config(job.dataset, job.teacher_epochs)  # a bad epoch count fails here, before any data is loaded
+    recipe = teacher_config(job.dataset, job.teacher_epochs, job.teacher_options)  # bad values fail before data loads
+    replace(TrainConfig(), **job.train_options)  # and so do bad train.KEY values
     pick_device(job.device)
-    return Prepared(job, strategy, options, model_name, model_options, full)
+    return Prepared(job, strategy, options, model_name, model_options, full, recipe)
 
 
 def execute(
@@ -127,7 +131,7 @@ def _context(prepared: Prepared, log: Callable[[str], None], data: Dataset | Non
     seed_everything(job.seed)
     data = data or load_dataset(job.dataset, job.data_dir, job.download)
     cache_dir = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
-    recipe = teacher_config(job.dataset, job.teacher_epochs)
+    recipe = prepared.teacher_recipe
     teacher_record: dict[str, Any] = {}
 
     def teacher():  # type: ignore[no-untyped-def]
@@ -136,7 +140,7 @@ def _context(prepared: Prepared, log: Callable[[str], None], data: Dataset | Non
         return model
 
     ctx = Context(prepared.model_name, prepared.model_options, data, job.budget, device, job.seed, teacher, cache_dir, log,
-                  early_stop=job.early_stop)
+                  early_stop=job.early_stop, train_overrides=job.train_options)
     return ctx, teacher_record
 
 

@@ -28,13 +28,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.cli import ArgumentParser, run_main
+from search.config import describe_about, parse_with_config
 from search.data import dataset_info, load_dataset
 from search.errors import RunInterrupted, SearchError
 from search.objectives import COST_PRESETS, Objective, cost_model, objectives
 from search.outputs import cache_option, check_writable_dir
 from search.pipeline import full_relu_count
 from search.relu import relu_table
-from search.settings import parse_budget, split_settings
+from search.settings import Routed, parse_budget, split_settings
 from search.spaces import build_model
 from search.strategies import Strategy, get_strategy, list_strategies
 from search.study import cluster, rundir
@@ -43,6 +44,7 @@ from search.study.storage import check_storage, check_study, create_study, open_
 from search.study.timeshare import check_minutes
 from search.study.trial import TrialSpec
 from search.teacher import default_cache_dir
+from search.train import teacher_config
 
 DEFAULTS: dict[str, Any] = {
     "strategy": "snl",
@@ -141,30 +143,31 @@ def resolve_strategies(text: str) -> dict[str, Strategy]:
     return {name: get_strategy(name) for name in dict.fromkeys(names)}
 
 
-def split_fixed(sets: list[str], model_name: str, strategies: dict[str, Strategy]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(typed model options, fixed strategy options per strategy) from ``--set`` pairs."""
+def split_fixed(sets: list[str], model_name: str, strategies: dict[str, Strategy]) -> tuple[Routed, dict[str, dict[str, Any]]]:
+    """The routed ``--set`` pairs (typed model options, teacher and train recipe overrides) and the
+    fixed options of each strategy, typed."""
     model_pairs: list[str] = []
     fixed: dict[str, list[str]] = {name: [] for name in strategies}
     by_short = {s.name: name for name, s in strategies.items()}
     for pair in sets:
         key = pair.partition("=")[0].strip()
-        owner, dot, rest = key.partition(".")
+        owner, dot, _ = key.partition(".")
         target = owner if owner in strategies else by_short.get(owner)
         if dot and target:
             fixed[target].append(pair.split(".", 1)[1])
-        else:  # a model option, or (with one strategy) a bare strategy option: split_settings routes it
+        else:  # a model or recipe option, or (with one strategy) a bare strategy option: split_settings routes it
             model_pairs.append(pair)
     if len(strategies) == 1:
         (name, strategy), = strategies.items()
-        model_options, raw = split_settings(model_pairs + fixed[name], model_name, strategy)
-        typed = {name: {k: v for k, v in asdict(strategy.parse_options(raw)).items() if k in raw}}
-        return model_options, typed
-    model_options, _ = split_settings(model_pairs, model_name, None)
+        routed = split_settings(model_pairs + fixed[name], model_name, strategy)
+        typed = {name: {k: v for k, v in asdict(strategy.parse_options(routed.strategy)).items() if k in routed.strategy}}
+        return routed, typed
+    routed = split_settings(model_pairs, model_name, None)
     typed = {}
     for name, pairs in fixed.items():
-        _, raw = split_settings([f"strategy.{p}" for p in pairs], model_name, strategies[name])
+        raw = split_settings([f"strategy.{p}" for p in pairs], model_name, strategies[name]).strategy
         typed[name] = {k: v for k, v in asdict(strategies[name].parse_options(raw)).items() if k in raw}
-    return model_options, typed
+    return routed, typed
 
 
 def new_settings(args: argparse.Namespace, run_dir: Path, storage: str) -> rundir.RunSettings:
@@ -173,15 +176,15 @@ def new_settings(args: argparse.Namespace, run_dir: Path, storage: str) -> rundi
     strategies = resolve_strategies(values["strategy"])
     info = dataset_info(values["dataset"])
     model_name = values["model"] or info.default_model
-    model_options, fixed = split_fixed(values["sets"] or [], model_name, strategies)
+    routed, fixed = split_fixed(values["sets"] or [], model_name, strategies)
+    model_options = routed.model
+    teacher_config(info.name, values["teacher_epochs"], routed.teacher)  # bad or contradicting values fail here
     full = full_relu_count(model_name, model_options, info.name)
     chosen = objectives([n.strip() for n in values["objectives"].split(",") if n.strip()], cost_model(values["cost_model"]))
     make_sampler(values["sampler"], 0)
     trials = args.trials if args.trials is not None else (None if args.minutes_per_strategy else DEFAULTS["trials"])
     if trials is not None and trials < 1:
         raise SearchError(f"bad value {trials} for --trials: expected an integer >= 1")
-    if values["teacher_epochs"] is not None and values["teacher_epochs"] < 1:
-        raise SearchError(f"bad value {values['teacher_epochs']} for --teacher-epochs: expected an integer >= 1")
     model = build_model(model_name, num_classes=info.num_classes, input_size=info.input_shape, **model_options)
     return rundir.RunSettings(
         study_name=f"{run_dir.name}-{uuid.uuid4().hex[:8]}",
@@ -201,7 +204,8 @@ def new_settings(args: argparse.Namespace, run_dir: Path, storage: str) -> rundi
         trials=trials,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         versions=_versions(),
-        extra={"fixed_options": fixed, "teacher_epochs": values["teacher_epochs"], "argv": sys.argv[1:]},
+        extra={"fixed_options": fixed, "teacher_epochs": values["teacher_epochs"], "teacher_options": routed.teacher,
+               "train_options": routed.train, "argv": sys.argv[1:]},
         minutes_per_strategy=args.minutes_per_strategy,
     )
 
@@ -304,7 +308,8 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
     spec = TrialSpec(
         dataset=settings.dataset, model=settings.model, model_options=settings.model_options, budget=settings.budget,
         objectives=tuple(settings.objectives), cost_model=settings.cost_model, seed=settings.seed,
-        teacher_epochs=settings.extra.get("teacher_epochs"), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        teacher_epochs=settings.extra.get("teacher_epochs"), teacher_options=settings.extra.get("teacher_options", {}),
+        train_options=settings.extra.get("train_options", {}), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None, device=args.device,
         fixed_options=settings.extra.get("fixed_options", {}), timeout_s=args.trial_timeout, memory_mb=args.trial_memory,
         early_stop=not args.no_early_stop,
@@ -341,11 +346,7 @@ def _extent(settings: rundir.RunSettings) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line over the ``--config`` file (when given), checked."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.config:
-        parser.set_defaults(**read_config(args.config, parser))
-        args = parser.parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     if args.concurrency is not None and args.concurrency < 1:
         raise SearchError(f"bad value {args.concurrency} for --concurrency: expected an integer >= 1")
     if args.trial_timeout is not None and not 0 < args.trial_timeout < math.inf:
@@ -366,59 +367,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.trial_retries is not None and args.trial_retries < 0:
         raise SearchError(f"bad value {args.trial_retries} for --trial-retries: expected an integer >= 0")
     return args
-
-
-def read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """``--config`` FILE (YAML, safe-loaded) as argparse defaults; unknown keys and values of the
-    wrong type are errors naming them."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise SearchError(f"cannot read --config {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise SearchError(f"--config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise SearchError(f"--config {path} must hold a mapping of option: value, not {type(raw).__name__}")
-    actions = {a.option_strings[-1].removeprefix("--"): a for a in parser._actions
-               if a.option_strings and a.dest not in ("help", "config", "resume")}
-    unknown = [str(k) for k in raw if str(k).replace("_", "-") not in actions]
-    if unknown:
-        raise SearchError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in --config {path}; "
-                          f"accepted: {', '.join(sorted(actions))}")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        action = actions[str(key).replace("_", "-")]
-        values[action.dest] = _config_value(path, str(key), value, action)
-    return values
-
-
-def _config_value(path: str, key: str, value: Any, action: argparse.Action) -> Any:
-    """``value`` as the command line would have given it for ``action``."""
-    bad = f"bad value {value!r} for {key} in --config {path}: expected "
-    if isinstance(action, argparse._StoreTrueAction):
-        if not isinstance(value, bool):
-            raise SearchError(bad + "true or false")
-        return value
-    if isinstance(action, argparse._AppendAction):
-        items = value if isinstance(value, list) else [value]
-        if not all(isinstance(i, (str, int, float)) and not isinstance(i, bool) for i in items):
-            raise SearchError(bad + "a list of KEY=VALUE strings")
-        return [str(i) for i in items]
-    if isinstance(value, (dict, list, bool)):
-        raise SearchError(bad + ("a number" if action.type in (int, float) else "a string"))
-    if action.type in (int, float):
-        try:
-            number = action.type(value)
-        except (TypeError, ValueError):
-            raise SearchError(bad + ("an integer" if action.type is int else "a number")) from None
-        if number != value and not isinstance(value, str):
-            raise SearchError(bad + "an integer")
-        return number
-    return str(value)
 
 
 @dataclass

@@ -1,34 +1,47 @@
-"""Route ``--set`` options to the model or the strategy that declares them."""
+"""Route ``--set`` options to the model, the strategy or the training recipe that declares them."""
 
 from __future__ import annotations
 
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from search.errors import SearchError
-from search.options import declared_options, parse_assignments
+from search.options import declared_options, parse_assignments, validate
 from search.spaces import check_model_options, model_options
 from search.strategies import Strategy
+from search.train import TrainConfig
 
 
-def split_settings(
-    pairs: list[str], model_name: str, strategy: Strategy | None
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """(typed model options, raw strategy options) from ``--set`` pairs.
+class Routed(NamedTuple):
+    """``--set`` options by owner: typed model options, raw strategy options, and typed overrides of
+    the teacher's recipe (``teacher.KEY``) and of the strategy's final training phase (``train.KEY``)."""
+
+    model: dict[str, Any]
+    strategy: dict[str, str]
+    teacher: dict[str, Any]
+    train: dict[str, Any]
+
+
+def split_settings(pairs: list[str], model_name: str, strategy: Strategy | None) -> Routed:
+    """``--set`` pairs routed to their owners.
 
     A key goes where it is declared; ``model.key`` / ``strategy.key`` force the owner where both
-    declare it. Unknown keys are an error listing what is accepted.
+    declare it; ``teacher.key`` and ``train.key`` are fields of :class:`search.train.TrainConfig`.
+    Unknown keys are an error listing what is accepted.
     """
     raw = parse_assignments(pairs)
     model_keys = set(model_options(model_name))
     strategy_keys = set(declared_options(strategy.Options)) if strategy else set()
     to_model: dict[str, Any] = {}
     to_strategy: dict[str, str] = {}
+    recipes: dict[str, dict[str, str]] = {owner: {} for owner in RECIPE_OWNERS}
     for key, value in raw.items():
         owner, dot, bare = key.partition(".")
-        if dot and owner in ("model", "strategy"):
+        if dot and owner in RECIPE_OWNERS:
+            recipes[owner][bare] = value
+        elif dot and owner in ("model", "strategy"):
             (to_model if owner == "model" else to_strategy)[bare] = value
         elif key in model_keys and key in strategy_keys:
             raise SearchError(f"option {key!r} exists for both the model and the strategy; write model.{key} or strategy.{key}")
@@ -39,8 +52,20 @@ def split_settings(
         else:
             accepted = sorted(model_keys | strategy_keys)
             owner_text = f"model {model_name}" + (f" or strategy {strategy.name}" if strategy else "")
-            raise SearchError(f"unknown option {key!r} for {owner_text}; accepted: {', '.join(accepted) or 'none'}")
-    return check_model_options(model_name, to_model), to_strategy
+            raise SearchError(f"unknown option {key!r} for {owner_text}; accepted: {', '.join(accepted) or 'none'} "
+                              "(and teacher.KEY / train.KEY for the training recipes)")
+    return Routed(check_model_options(model_name, to_model), to_strategy,
+                  recipe_overrides(recipes["teacher"], "teacher"), recipe_overrides(recipes["train"], "train"))
+
+
+RECIPE_OWNERS = ("teacher", "train")
+
+
+def recipe_overrides(raw: Mapping[str, str], owner: str) -> dict[str, Any]:
+    """``owner.KEY=VALUE`` options typed as fields of :class:`TrainConfig`, their ranges checked."""
+    typed = validate(TrainConfig, raw, f"the {owner} recipe (--set {owner}.KEY)")
+    TrainConfig(**typed)  # range checks, before anything is loaded or trained
+    return typed
 
 
 def parse_budget(text: str | int | None, full: int) -> int | None:

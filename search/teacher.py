@@ -22,7 +22,7 @@ from torch import nn
 from search.checkpoint import load_model, save_model
 from search.data import Dataset, Loader
 from search.spaces import build_model
-from search.train import TrainConfig, evaluate, fit, preserved_rng
+from search.train import LATER_FIELDS, TrainConfig, evaluate, fit, preserved_rng
 
 CACHE_VERSION = 1
 
@@ -40,13 +40,20 @@ def data_fingerprint(data: Dataset) -> str:
     return digest.hexdigest()[:16]
 
 
+def recipe_record(config: TrainConfig) -> dict[str, Any]:
+    """The recipe as the cache key sees it: every field, except those of ``LATER_FIELDS`` left at
+    their default (so teachers cached before those options existed keep their keys)."""
+    defaults = TrainConfig()
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in LATER_FIELDS or v != getattr(defaults, k)}
+
+
 def teacher_key(model_name: str, model_options: dict[str, Any], data: Dataset, config: TrainConfig) -> str:
     record = {
         "version": CACHE_VERSION,
         "model": model_name,
         "options": model_options,
         "data": data_fingerprint(data),
-        "train": dataclasses.asdict(config),
+        "train": recipe_record(config),
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

@@ -11,10 +11,10 @@ import copy
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -71,29 +71,66 @@ def preserved_rng(device: torch.device | None = None) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. Every field is a ``--set`` option of the command that trains."""
+    """How to train. Every field is an option of the command that trains: ``--set teacher.KEY=VALUE``
+    for the full-ReLU teacher, ``--set train.KEY=VALUE`` for a strategy's final training phase.
+
+    Schedules, stepped once per epoch: ``cosine`` from ``lr`` to ``min_lr`` over the epochs;
+    ``step`` multiplies by ``gamma`` at each epoch of ``milestones`` (SNL's teacher: 80,120);
+    ``restarts`` is cosine with warm restarts (SGDR: periods of ``restart_epochs`` epochs, each
+    ``restart_mult`` times longer; CryptoNAS: 10, 2, so 310 epochs end a period); ``constant``.
+    ``grad_clip`` > 0 clips gradient norms, over all parameters at once (``clip_mode=global``,
+    PyTorch's usual) or per parameter tensor (``per_tensor``, TensorFlow's ``clip_by_norm`` as the
+    ENAS/CryptoNAS code uses it).
+    """
 
     epochs: int = 30
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 5e-4
     batch_size: int = 128
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant", "step", "restarts"] = "cosine"
+    min_lr: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    restart_epochs: int = 10
+    restart_mult: int = 2
+    grad_clip: float = 0.0
+    clip_mode: Literal["global", "per_tensor"] = "global"
     augment: bool = True
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise SearchError(f"bad value {self.epochs} for epochs: expected an integer >= 0")
-        if self.lr <= 0:
-            raise SearchError(f"bad value {self.lr} for lr: expected a number > 0")
-        if self.batch_size < 1:
-            raise SearchError(f"bad value {self.batch_size} for batch_size: expected an integer >= 1")
-        if self.kd_weight < 0 or self.kd_temperature <= 0:
-            raise SearchError("kd_weight must be >= 0 and kd_temperature > 0")
+        checks = [
+            ("epochs", self.epochs, self.epochs >= 0, "an integer >= 0"),
+            ("lr", self.lr, self.lr > 0, "a number > 0"),
+            ("momentum", self.momentum, 0 <= self.momentum < 1, "a number in [0, 1)"),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0"),
+            ("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1"),
+            ("min_lr", self.min_lr, self.min_lr >= 0, "a number >= 0"),
+            ("milestones", ",".join(map(str, self.milestones)), list(self.milestones) == sorted(set(self.milestones))
+             and all(m >= 1 for m in self.milestones), "increasing epoch numbers >= 1, e.g. 80,120"),
+            ("gamma", self.gamma, 0 < self.gamma <= 1, "a number in (0, 1]"),
+            ("restart_epochs", self.restart_epochs, self.restart_epochs >= 1, "an integer >= 1"),
+            ("restart_mult", self.restart_mult, self.restart_mult >= 1, "an integer >= 1"),
+            ("grad_clip", self.grad_clip, self.grad_clip >= 0, "a number >= 0 (0: no clipping)"),
+            ("kd_weight", self.kd_weight, self.kd_weight >= 0, "a number >= 0"),
+            ("kd_temperature", self.kd_temperature, self.kd_temperature > 0, "a number > 0"),
+        ]
+        for key, value, ok, expected in checks:
+            if not ok:
+                raise SearchError(f"bad value {value} for {key}: expected {expected}")
+        if (self.schedule == "step") != bool(self.milestones):
+            raise SearchError("schedule step and milestones go together: milestones are the epochs at which schedule step "
+                              "multiplies lr by gamma, e.g. schedule=step milestones=80,120")
+
+
+# Fields added after teachers were first cached: they enter a teacher's cache key only when set away
+# from their default, so adding a training option does not invalidate every cached teacher.
+LATER_FIELDS = ("nesterov", "min_lr", "milestones", "gamma", "restart_epochs", "restart_mult", "grad_clip", "clip_mode")
 
 
 DEFAULT_TEACHER_CONFIGS: dict[str, TrainConfig] = {
@@ -104,14 +141,42 @@ DEFAULT_TEACHER_CONFIGS: dict[str, TrainConfig] = {
 }
 
 
-def teacher_config(dataset: str, epochs: int | None = None) -> TrainConfig:
-    """The full-ReLU training recipe for ``dataset``: its default, with ``epochs`` when given."""
+def teacher_config(dataset: str, epochs: int | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The full-ReLU training recipe for ``dataset``: its default, with the ``teacher.KEY`` options
+    in ``overrides`` (typed) and ``epochs`` (``--teacher-epochs``) when given."""
     recipe = DEFAULT_TEACHER_CONFIGS.get(dataset, TrainConfig())
-    if epochs is None:
-        return recipe
-    if epochs < 1:
-        raise SearchError(f"bad value {epochs} for teacher epochs: expected an integer >= 1")
-    return replace(recipe, epochs=epochs)
+    overrides = dict(overrides or {})
+    if epochs is not None:
+        if epochs < 1:
+            raise SearchError(f"bad value {epochs} for teacher epochs: expected an integer >= 1")
+        if "epochs" in overrides and overrides["epochs"] != epochs:
+            raise SearchError("--teacher-epochs and --set teacher.epochs disagree; give one of them")
+        overrides["epochs"] = epochs
+    return replace(recipe, **overrides)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-epoch learning-rate schedule ``config.schedule`` names (None for constant)."""
+    lr_scheduler = torch.optim.lr_scheduler
+    if config.schedule == "cosine":
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1), eta_min=config.min_lr)
+    if config.schedule == "step":
+        return lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones), gamma=config.gamma)
+    if config.schedule == "restarts":
+        return lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=config.restart_epochs, T_mult=config.restart_mult,
+                                                        eta_min=config.min_lr)
+    return None
+
+
+def clip_gradients(params: list[torch.Tensor], config: TrainConfig) -> None:
+    """Clip gradient norms to ``config.grad_clip``: of all parameters together, or of each tensor."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if config.clip_mode == "global":
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        return
+    norms = torch._foreach_norm(grads)
+    scales = [torch.clamp(config.grad_clip / (norm + 1e-6), max=1.0) for norm in norms]
+    torch._foreach_mul_(grads, scales)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -143,7 +208,8 @@ class FitResult:
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:  # type: ignore[no-untyped-def]
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=False)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           nesterov=config.nesterov and config.momentum > 0)
 
 
 @torch.no_grad()
@@ -196,12 +262,9 @@ def fit(
     train_loader = Loader(data.train, data.info, config.batch_size, device, shuffle=True, augment=config.augment, seed=config.seed,
                           memory_format=memory_format)
     val_loader = Loader(data.val, data.info, 512, device, memory_format=memory_format)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-    schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
-        if config.schedule == "cosine"
-        else None
-    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config)
+    schedule = make_schedule(optimizer, config)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     result = FitResult(best_val_acc=-1.0, best_epoch=-1)
     best_state = None
@@ -223,6 +286,9 @@ def fit(
                     loss = loss + extra_loss(model)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if config.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                clip_gradients(params, config)
             scaler.step(optimizer)
             scaler.update()
             total_loss += loss.detach() * len(y)

@@ -3,8 +3,8 @@
 Every strategy distils from the same teacher, which the first trial that needs it would otherwise
 train while the others wait on its lock. Training it first keeps that cost out of the trials, and
 out of a strategy's share under ``search.run --minutes-per-strategy``. The cache key is the one the
-trials compute (:func:`search.teacher.teacher_key`), so give the same model, ``--set`` options, data
-and ``--teacher-epochs`` as the study. ``--dry-run`` checks the same inputs and says whether that
+trials compute (:func:`search.teacher.teacher_key`), so give the same model, ``--set`` options
+(``teacher.KEY`` ones included), data and ``--teacher-epochs`` as the study. ``--dry-run`` checks the same inputs and says whether that
 teacher is cached already.
 """
 
@@ -32,7 +32,9 @@ def build_parser() -> ArgumentParser:
     )
     add_model_arguments(parser)
     add_data_arguments(parser)
-    parser.add_argument("--teacher-epochs", type=int, help="epochs (default: the dataset's recipe, as in search.run)")
+    parser.add_argument("--teacher-epochs", type=int, help="epochs (default: the dataset's recipe, as in search.run); "
+                        "the same as --set teacher.epochs=N. Any other field of the recipe: --set teacher.KEY=VALUE "
+                        "(lr, batch_size, schedule=step, milestones=80,120, ...; see README, Training recipes)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps")
     parser.add_argument("--cache-dir", help="teacher cache (default: $SEARCH_CACHE_DIR or ~/.cache/search)")
     parser.add_argument("--dry-run", action="store_true", help="check every input as a run would and say whether the "
@@ -44,9 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     info = dataset_info(args.dataset)
     model_name = args.model if args.model is not None else info.default_model
-    model_options, _ = split_settings(args.sets, model_name, None)
+    routed = split_settings(args.sets, model_name, None)
+    model_options = routed.model
     full = full_relu_count(model_name, model_options, info.name)  # builds the model: bad option values fail here
-    recipe = teacher_config(info.name, args.teacher_epochs)
+    recipe = teacher_config(info.name, args.teacher_epochs, routed.teacher)
     device = check_device(args.device)
     cache_dir = check_writable_dir(args.cache_dir if args.cache_dir is not None else default_cache_dir(),
                                    cache_option(args.cache_dir))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,9 @@ import torch.nn.functional as F
 from search.data import Loader, load_dataset
 from search.errors import SearchError
 from search.spaces import build_model
-from search.teacher import get_teacher
-from search.train import TrainConfig, evaluate, fit, kd_loss
+from search.pipeline import Job, execute, prepare
+from search.teacher import get_teacher, recipe_record, teacher_key
+from search.train import LATER_FIELDS, TrainConfig, clip_gradients, evaluate, fit, kd_loss, make_schedule, teacher_config
 
 CPU = torch.device("cpu")
 
@@ -134,3 +136,97 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(SearchError, match="is not a search checkpoint"):
         load_model(bad)
+
+
+# -- the papers' training knobs ---------------------------------------------------------------------
+
+
+def _lrs(config: TrainConfig) -> list[float]:
+    """The learning rate of each epoch under ``config``'s schedule."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    schedule = make_schedule(optimizer, config)
+    rates = []
+    for _ in range(config.epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+    return rates
+
+
+def test_step_schedule_multiplies_by_gamma_at_the_milestones() -> None:
+    rates = _lrs(TrainConfig(epochs=160, lr=0.1, schedule="step", milestones=(80, 120)))  # SNL's teacher
+    assert rates[0] == rates[79] == 0.1
+    assert rates[80] == pytest.approx(0.01) and rates[119] == pytest.approx(0.01)
+    assert rates[120] == pytest.approx(0.001) and rates[159] == pytest.approx(0.001)
+
+
+def test_warm_restarts_of_310_epochs_end_a_period_at_the_last_epoch() -> None:
+    config = TrainConfig(epochs=310, lr=0.05, min_lr=0.001, schedule="restarts", restart_epochs=10, restart_mult=2)
+    rates = _lrs(config)
+    restarts = [epoch for epoch in range(1, 310) if rates[epoch] > rates[epoch - 1]]
+    assert restarts == [10, 30, 70, 150]  # periods of 10, 20, 40, 80 and 160 epochs
+    assert all(rates[epoch] == pytest.approx(0.05) for epoch in [0, *restarts])
+    assert min(rates) >= 0.001 and rates[-1] < 0.0011
+
+
+def test_cosine_falls_towards_min_lr() -> None:
+    rates = _lrs(TrainConfig(epochs=11, lr=0.1, min_lr=0.01))
+    assert rates == pytest.approx([0.01 + 0.09 * (1 + math.cos(math.pi * k / 11)) / 2 for k in range(11)])
+
+
+@pytest.mark.parametrize("mode, expected", [("per_tensor", [5.0, 1.0]), ("global", [10 * 5 / 101 ** 0.5, 5 / 101 ** 0.5])])
+def test_gradient_clipping_per_tensor_and_global(mode: str, expected: list[float]) -> None:
+    big, small = torch.zeros(4, requires_grad=True), torch.zeros(3, requires_grad=True)
+    big.grad, small.grad = torch.tensor([6.0, 8.0, 0.0, 0.0]), torch.tensor([0.6, 0.8, 0.0])  # norms 10 and 1
+    clip_gradients([big, small], TrainConfig(grad_clip=5, clip_mode=mode))  # type: ignore[arg-type]
+    assert [float(p.grad.norm()) for p in (big, small)] == pytest.approx(expected, rel=1e-5)
+
+
+def test_fit_with_the_cryptonas_knobs_trains(digits) -> None:  # type: ignore[no-untyped-def]
+    config = TrainConfig(epochs=2, lr=0.05, min_lr=0.001, batch_size=100, schedule="restarts", restart_epochs=1, nesterov=True,
+                         weight_decay=4e-4, grad_clip=5, clip_mode="per_tensor")
+    result = fit(build_model("cnet", input_size=(1, 8, 8), layers=3, width=8, dropout=0.5), digits, config, CPU, log=lambda _: None)
+    assert [h.lr for h in result.history] == [0.05, 0.05]  # a restart every epoch
+    assert result.best_val_acc > 0.3
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"schedule": "step"}, "milestones"),
+    ({"milestones": (80, 120)}, "schedule step"),
+    ({"schedule": "step", "milestones": (120, 80)}, "milestones"),
+    ({"gamma": 2.0}, "gamma"),
+    ({"grad_clip": -1.0}, "grad_clip"),
+])
+def test_bad_recipe_values_are_refused(options: dict, named: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(SearchError, match=named):
+        TrainConfig(**options)
+
+
+def test_recipe_options_enter_the_teacher_key_only_when_set(digits) -> None:  # type: ignore[no-untyped-def]
+    default = teacher_config("digits")
+    assert not set(recipe_record(default)) & set(LATER_FIELDS)  # keys of teachers cached before these options hold
+    stepped = teacher_config("digits", overrides={"schedule": "step", "milestones": (5, 10)})
+    assert recipe_record(stepped)["milestones"] == (5, 10)
+    assert teacher_key("resnet_tiny", {}, digits, stepped) != teacher_key("resnet_tiny", {}, digits, default)
+    assert teacher_config("digits", 3, {"epochs": 3}).epochs == 3
+    with pytest.raises(SearchError, match="disagree"):
+        teacher_config("digits", 3, {"epochs": 4})
+
+
+def test_train_options_reach_the_strategys_final_phase(tmp_path: Path) -> None:
+    job = Job("cryptonas", "digits", budget=1500, strategy_options={"epochs": "3"}, train_options={"epochs": 1, "grad_clip": 5.0},
+              cache_dir=str(tmp_path))
+    result = execute(prepare(job), log=lambda _: None)
+    assert result.outcome.details["epochs"] == 1
+
+
+def test_teacher_and_train_options_on_the_command_line() -> None:
+    base = [sys.executable, "-m", "search.linearize", "--strategy", "snl", "--budget", "10%", "--dry-run"]
+    ok = subprocess.run([*base, "--set", "teacher.epochs=4", "--set", "teacher.schedule=step", "--set", "teacher.milestones=2,3",
+                         "--set", "train.weight_decay=1e-4"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "trains it first (4 epochs)" in ok.stdout
+    bad = subprocess.run([*base, "--set", "teacher.shedule=step"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("error: unknown option 'shedule' for the teacher recipe") and "schedule" in bad.stderr

@@ -1,7 +1,7 @@
 """CryptoNAS networks (CNet): ENAS-style macro networks shaped for a ReLU budget.
 
 A CNet is a stem convolution (no ReLU), ``layers`` layers in three resolutions, global average
-pooling and a linear classifier. The two architectural moves of CryptoNAS (Ghodsi et al., NeurIPS
+pooling, optional dropout and a linear classifier. The two architectural moves of CryptoNAS (Ghodsi et al., NeurIPS
 2020) are options, so each can be switched off and compared:
 
 * ``relu_per_layer`` (ReLU pruning and shuffling, on by default): every layer is
@@ -167,8 +167,11 @@ class CNet(nn.Module):
         skips: Sequence[str],
         balance: bool,
         relu_per_layer: bool,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise SearchError(f"bad value {dropout} for dropout: expected a number in [0, 1)")
         if layers < 3:
             raise SearchError(f"bad value {layers} for layers: expected an integer >= 3 (one or more per resolution)")
         if layers > MAX_LAYERS:
@@ -198,6 +201,7 @@ class CNet(nn.Module):
         )
         self.stages = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc = nn.Linear(self.channels[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,7 +210,7 @@ class CNet(nn.Module):
         for layer in self.layers:
             x = layer(x, outputs)
             outputs.append(x)
-        return self.fc(torch.flatten(self.pool(x), 1))
+        return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
 
     def describe(self) -> str:
         """The architecture in readable form: one line per layer (stage, resolution, channels, op, skips)."""
@@ -243,12 +247,14 @@ def cnet(
     skips: tuple[str, ...] = (),
     balance: bool = True,
     relu_per_layer: bool = True,
+    dropout: float = 0.0,
 ) -> CNet:
     """CryptoNAS CNet: ``layers`` x ``width``; defaults are CNet (6,14), 86,016 ReLUs at 3x32x32, no stem ReLU.
 
     ``ops``: per-layer ops (conv3x3, conv5x5, sepconv3x3, sepconv5x5, maxpool, avgpool); none means
     all conv3x3, one op means every layer. ``skips``: FROM-TO pairs (``0-2,1-3``; 0 is the stem).
     ``balance`` off grows channels x2 instead of x4; ``relu_per_layer`` off gives the conventional
-    op-BN-ReLU layers with a ReLU after every skip merge.
+    op-BN-ReLU layers with a ReLU after every skip merge. ``dropout``: before the classifier (CryptoNAS
+    trains its CNets with 0.5).
     """
-    return CNet(num_classes, input_size, layers, width, ops, skips, balance, relu_per_layer)
+    return CNet(num_classes, input_size, layers, width, ops, skips, balance, relu_per_layer, dropout)

@@ -22,6 +22,7 @@ from search.data import Dataset, DatasetInfo
 from search.errors import SearchError
 from search.options import validate
 from search.relu import relu_count
+from search.train import TrainConfig
 
 if TYPE_CHECKING:
     import optuna
@@ -41,6 +42,13 @@ class Context:
     cache_dir: Path
     log: Callable[[str], None] = print
     early_stop: bool = True  # stop (TargetOutOfReach) once the budget is clearly out of reach
+    train_overrides: Mapping[str, Any] = field(default_factory=dict)  # --set train.KEY: TrainConfig fields, typed
+
+    def final_training(self, config: TrainConfig) -> TrainConfig:
+        """``config`` of the strategy's last training phase (the one whose model is the result) with
+        the user's ``train.KEY`` options applied over it: every knob of a paper's recipe is settable
+        without each strategy declaring it again."""
+        return dataclasses.replace(config, **self.train_overrides)
 
 
 @dataclass

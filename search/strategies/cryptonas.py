@@ -66,6 +66,7 @@ class CryptoNASOptions:
     epochs: int | None = None  # None: 10 on digits, else the dataset's full-ReLU recipe (cifar10 30, ...)
     lr: float = 0.05
     kd_weight: float = 0.0  # > 0 distils from the run's base model (the cached teacher)
+    dropout: float = 0.0  # before the classifier; the paper trains with 0.5 (recipes/cryptonas-*.yaml)
 
     def __post_init__(self) -> None:
         for key, low in (("layers", 3), ("width", 1), ("target", 1), ("epochs", 1)):
@@ -76,6 +77,8 @@ class CryptoNASOptions:
             raise SearchError(f"bad value {self.lr} for lr: expected a number > 0")
         if self.kd_weight < 0:
             raise SearchError(f"bad value {self.kd_weight} for kd_weight: expected a number >= 0")
+        if not 0 <= self.dropout < 1:
+            raise SearchError(f"bad value {self.dropout} for dropout: expected a number in [0, 1)")
         if self.layers is not None and len(self.ops) > 1 and len(self.ops) != self.layers:
             raise SearchError(
                 f"bad value for ops: {len(self.ops)} ops given for layers={self.layers}; give one per layer or one for all"
@@ -138,6 +141,7 @@ def candidate(
         "skips": options.skips,
         "balance": options.balance,
         "relu_per_layer": options.relu_per_layer,
+        "dropout": options.dropout,
     }
     target = options.target if options.target is not None else budget
     layers, width = options.depth, options.width
@@ -228,14 +232,14 @@ class CryptoNAS(Strategy):
         arch, model, relus = checked_candidate(options, info, ctx.budget, ctx.log)
         progress.note_relus(relus)
         recipe = teacher_config(info.name)
-        config = replace(
+        config = ctx.final_training(replace(
             recipe,
             epochs=options.epochs or EPOCHS.get(info.name, recipe.epochs),
             lr=options.lr,
             kd_weight=options.kd_weight,
             augment=info.augment,
             seed=ctx.seed,
-        )
+        ))
         teacher = ctx.teacher() if options.kd_weight > 0 else None
         result = fit(model, ctx.data, config, ctx.device, teacher=teacher, log=ctx.log, label="cryptonas")
         return Outcome(

@@ -387,14 +387,14 @@ class DeepReDuce(Strategy):
             student.load_state_dict(teacher.state_dict())
             apply_masks(student, spec.cull, spec.thin)  # loading the teacher's state resets the masks
         epochs = options.epochs or _per_dataset(DEFAULT_EPOCHS, info.name, teacher_config(info.name).epochs)
-        config = replace(
+        config = ctx.final_training(replace(
             teacher_config(info.name),
             epochs=epochs,
             lr=options.lr,
             kd_weight=options.kd_weight,
             kd_temperature=options.kd_temperature,
             seed=ctx.seed,
-        )
+        ))
         result = fit(student, ctx.data, config, ctx.device, teacher=teacher, log=ctx.log, label="deepreduce")
         counted = relu_count(student, info.input_shape)
         details: dict[str, Any] = {

@@ -431,7 +431,7 @@ class SNL(Strategy):
         progress.note_relus(binary_count)
         ctx.log(f"snl: budget {budget:,} reached after {snapshot.steps:,} mask steps; masks binarized and frozen: "
                 f"{binary_count:,} ReLUs ({snapshot.count:,} above epsilon at the stop, {added:,} added below it by exact_budget)")
-        finetune_config = TrainConfig(
+        finetune_config = ctx.final_training(TrainConfig(
             epochs=opts.finetune_epochs,  # type: ignore[arg-type]
             optimizer="sgd",
             lr=opts.finetune_lr,
@@ -443,8 +443,8 @@ class SNL(Strategy):
             kd_weight=opts.kd_weight,
             kd_temperature=opts.kd_temperature,
             seed=ctx.seed,
-        )
-        if opts.finetune_epochs:
+        ))
+        if finetune_config.epochs:
             result = fit(model, ctx.data, finetune_config, ctx.device, teacher=teacher, select_best=True,
                          log=ctx.log, label="snl-finetune")
             val_acc = result.best_val_acc
@@ -460,7 +460,7 @@ class SNL(Strategy):
             "count_above_epsilon": snapshot.count,
             "added_below_epsilon": added,
             "mask_steps": snapshot.steps,
-            "finetune_epochs": opts.finetune_epochs,
+            "finetune_epochs": finetune_config.epochs,
             "full_relus": full,
             "options": {k: v for k, v in vars(opts).items()},
         }

@@ -46,6 +46,8 @@ class TrialSpec:
     cost_model: str
     seed: int = 0
     teacher_epochs: int | None = None
+    teacher_options: dict[str, Any] = field(default_factory=dict)  # --set teacher.KEY, typed
+    train_options: dict[str, Any] = field(default_factory=dict)  # --set train.KEY, typed
     data_dir: str | None = None
     cache_dir: str | None = None
     device: str = "auto"
@@ -112,8 +114,8 @@ def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], nod
         job = Job(
             strategy=strategy, dataset=spec.dataset, model=spec.model, budget=spec.budget,
             model_options=spec.model_options, strategy_options=used, data_dir=spec.data_dir,
-            seed=spec.seed + number, teacher_epochs=spec.teacher_epochs, device=spec.device, cache_dir=spec.cache_dir,
-            early_stop=spec.early_stop,
+            seed=spec.seed + number, teacher_epochs=spec.teacher_epochs, teacher_options=spec.teacher_options,
+            train_options=spec.train_options, device=spec.device, cache_dir=spec.cache_dir, early_stop=spec.early_stop,
         )
         prepared = prepare(job)
         info = dataset_info(spec.dataset)
