@@ -21,6 +21,7 @@ from optuna.trial import TrialState, create_trial
 
 from search.errors import SearchError
 from search.report import make_report, write_report
+from search.reporting.intervals import accuracy_interval, wilson
 from search.reporting.load import load_run
 from search.reporting.model import build_report
 from search.study import rundir
@@ -28,6 +29,8 @@ from search.study.rundir import RunSettings
 
 FULL = 10_000
 BUDGET = 6_000
+SPLIT = 50_000  # images per split in the fake runs: large enough that every lead of 1 point or more is beyond noise
+TEACHER = (0.97, 0.96)  # the fake runs' full-ReLU teacher: validation and test accuracy
 REPORT_FILES = ("report.html", "report.md", "pareto.png", "trials.csv")
 
 # (strategy, relus, val_acc, feasible, state); params are namespaced per strategy as in a real study.
@@ -49,10 +52,13 @@ STUDY_B = [
 
 
 def make_run(run_dir: Path, trials: list[tuple], strategies: list[str], name: str, dataset: str = "digits",
-             model: str = "resnet_tiny", full: int = FULL, budget: int | None = BUDGET, more_attrs: dict | None = None) -> Path:
+             model: str = "resnet_tiny", full: int = FULL, budget: int | None = BUDGET, more_attrs: dict | None = None,
+             split: int | None = SPLIT, teacher: tuple[float, float] | None = TEACHER) -> Path:
     """A run directory as search.run leaves it: run.json, study.db with real trials, saved models.
 
-    ``more_attrs`` maps a trial number to extra user attributes (e.g. ``rerun_of``)."""
+    ``more_attrs`` maps a trial number to extra user attributes (e.g. ``rerun_of``). Completed trials
+    record ``split`` validation and test images and the ``teacher``'s accuracies; None leaves them out,
+    as runs written before those records did (or, for the teacher, runs whose trials never fetched it)."""
     run_dir.mkdir(parents=True)
     settings = RunSettings(
         study_name=name,
@@ -91,6 +97,10 @@ def make_run(run_dir: Path, trials: list[tuple], strategies: list[str], name: st
             attrs |= {"relus": relus, "val_acc": acc, "test_acc": acc - 0.01, "feasible": feasible,
                       "model_path": str(model.relative_to(run_dir)), "latency_s": relus * 24.6e-6,
                       "communication_mb": relus * 1184 / 1e6}
+            if split is not None:
+                attrs |= {"val_images": split, "test_images": split}
+            if teacher is not None:
+                attrs |= {"teacher_val_acc": teacher[0], "teacher_test_acc": teacher[1]}
             study.add_trial(create_trial(state=state, values=[acc, relus], params=params, distributions=dists, user_attrs=attrs,
                                          constraints=constraints))
         elif state == TrialState.PRUNED:
@@ -379,3 +389,96 @@ def test_runs_sharing_a_label_are_refused(tmp_path: Path) -> None:
     big = make_run(tmp_path / "big", STUDY_B, ["cryptonas"], "b", full=BIG_FULL, budget=None)
     with pytest.raises(SearchError, match="share a label"):
         build_report([load_run(small, "same"), load_run(big, "same")])
+
+
+def test_wilson_interval_against_hand_computed_values() -> None:
+    """Wilson at 95 %, z = 1.96: centre (p + z^2/2n) / (1 + z^2/n), half-width z/(1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2)."""
+    iv = wilson(0.9, 100)  # centre 0.91921 / 1.03841 = 0.88521, half 1.88745 * 0.031560 = 0.059568
+    assert (iv.low, iv.high) == (pytest.approx(0.82564, abs=1e-5), pytest.approx(0.94477, abs=1e-5))
+    assert wilson(0.0, 10).low == 0.0 and wilson(0.0, 10).high == pytest.approx(3.8415 / 13.8415, abs=1e-4)  # z^2 / (n + z^2)
+    assert wilson(1.0, 10).low == pytest.approx(10 / 13.8415, abs=1e-4) and wilson(1.0, 10).high == pytest.approx(1.0)
+    assert wilson(0.9, 10_000).high - wilson(0.9, 10_000).low == pytest.approx(2 * 1.96 * math.sqrt(0.09 / 10_000), rel=1e-2)
+    assert accuracy_interval(0.9, None) is None and accuracy_interval(None, 100) is None
+    with pytest.raises(ValueError):
+        wilson(0.5, 0)
+
+
+def test_baseline_and_drops_from_the_recorded_teacher(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", STUDY_A, ["snl", "deepreduce"], "base", split=400, teacher=(0.97, 0.96))
+    report = make_report([run])
+    (summary,) = report.runs
+    baseline = summary.baseline
+    assert (baseline.val_acc, baseline.test_acc, baseline.val_images, baseline.test_images) == (0.97, 0.96, 400, 400)
+    assert baseline.val_interval == wilson(0.97, 400) and baseline.test_interval == wilson(0.96, 400)
+    drops = {t.number: (t.val_drop, t.test_drop) for t in report.pareto_trials}
+    # val_acc 0.80 / 0.90 / 0.84 / 0.92, test 0.01 lower; drop = teacher - trial
+    assert drops == {0: pytest.approx((0.17, 0.17)), 1: pytest.approx((0.07, 0.07)), 4: pytest.approx((0.13, 0.13)),
+                     5: pytest.approx((0.05, 0.05))}
+    trial = next(t for t in report.pareto_trials if t.number == 1)
+    assert trial.val_interval == wilson(0.90, 400) and trial.test_interval == wilson(0.89, 400)
+    write_report([run])
+    md = (run / "report.md").read_text()
+    assert "## Baseline: the full-ReLU teacher" in md
+    lo, hi = wilson(0.97, 400).low * 100, wilson(0.97, 400).high * 100
+    assert f"| run | 97.00% [{lo:.2f}, {hi:.2f}] | 400 |" in md
+    assert f"| 1,000 | 90.00% [{wilson(0.9, 400).low * 100:.2f}, {wilson(0.9, 400).high * 100:.2f}] | 7.00 pt |" in md
+    assert "Wilson score interval (binomial)" in md and "validation n = 400, test n = 400" in md
+    assert "Wilson score interval (binomial)" in html.unescape((run / "report.html").read_text())
+    row = next(r for r in csv.DictReader((run / "trials.csv").open()) if r["number"] == "1")
+    assert float(row["val_drop"]) == pytest.approx(0.07) and float(row["val_acc_low"]) == wilson(0.9, 400).low
+    assert row["user_attrs_teacher_val_acc"] == "0.97" and row["user_attrs_val_images"] == "400"
+
+
+def test_a_teacher_above_a_trial_gives_a_negative_drop(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", STUDY_B, ["cryptonas"], "above", teacher=(0.90, 0.85))
+    top = max(make_report([run]).pareto_trials, key=lambda t: t.val_acc)
+    assert (top.val_drop, top.test_drop) == (pytest.approx(-0.03), pytest.approx(-0.07))
+
+
+# snl's best at <= 2,500 ReLUs is 0.90, deepreduce's 0.92.
+CLOSE = [("snl", 1000, 0.90, True, TrialState.COMPLETE), ("deepreduce", 2000, 0.92, True, TrialState.COMPLETE)]
+
+
+def test_winner_marked_only_where_its_lead_exceeds_the_interval(tmp_path: Path) -> None:
+    # n = 100: 0.92 -> [0.850, 0.959] overlaps 0.90 -> [0.826, 0.945]: a 2-point lead is noise.
+    small = make_run(tmp_path / "small", CLOSE, ["snl", "deepreduce"], "small", split=100)
+    row = next(r for r in make_report([small]).relu_ladder.rows if r.relus == 2500)
+    assert row.leaders == ("deepreduce",) and row.winners == () and row.within_noise == ("snl", "deepreduce")
+    assert row.margin == pytest.approx(0.02)
+    # n = 10,000: 0.92 -> [0.9146, 0.9252] and 0.90 -> [0.8940, 0.9058] do not overlap: a winner.
+    large = make_run(tmp_path / "large", CLOSE, ["snl", "deepreduce"], "large", split=10_000)
+    row = next(r for r in make_report([large]).relu_ladder.rows if r.relus == 2500)
+    assert row.winners == ("deepreduce",) and row.within_noise == ()
+    write_report([small])
+    md = (small / "report.md").read_text()
+    line = next(line for line in md.splitlines() if line.startswith("| ≤ 2,500 |"))
+    assert "★" not in line and "within noise: snl, deepreduce" in line and "92.00% ≈ [" in line and "90.00% ≈ [" in line
+    write_report([large])
+    line = next(line for line in (large / "report.md").read_text().splitlines() if line.startswith("| ≤ 2,500 |"))
+    assert "**92.00% ★ [" in line and "≈" not in line and line.split(" | ")[-2] == "deepreduce"
+
+
+def test_a_strategy_alone_in_a_row_wins_it(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", CLOSE, ["snl", "deepreduce"], "alone", split=100)
+    row = next(r for r in make_report([run]).relu_ladder.rows if r.relus == 1000)
+    assert row.cells["deepreduce"] is None and row.winners == ("snl",)
+
+
+def test_run_without_the_records_still_reports(tmp_path: Path) -> None:
+    """A run written before the teacher and split sizes were recorded: no baseline, no intervals, leads not judged."""
+    old = make_run(tmp_path / "old", STUDY_A, ["snl", "deepreduce"], "old", split=None, teacher=None)
+    report = make_report([old])
+    (summary,) = report.runs
+    assert not summary.baseline.recorded and "predates" in summary.baseline.missing
+    assert all(t.val_interval is None and t.val_drop is None for t in report.trials)
+    row = next(r for r in report.relu_ladder.rows if r.relus == 1000)
+    assert row.leaders == ("snl",) and row.contenders is None and row.winners == ()
+    write_report([old])
+    md = (old / "report.md").read_text()
+    assert "baseline: not recorded" in md and "so its accuracies carry no interval" in md
+    assert "snl (lead not judged: split sizes not recorded)" in md and "% ★" not in md
+    assert "| 1,000 | 90.00% | — | 89.00% | — |" in md
+    # Split sizes recorded but no trial fetched the teacher (CryptoNAS without distillation): intervals, no baseline.
+    nas = make_run(tmp_path / "nas", STUDY_B, ["cryptonas"], "nas", teacher=None)
+    report = make_report([nas])
+    assert "kd_weight" in report.runs[0].baseline.missing and all(t.val_interval for t in report.pareto_trials)

@@ -17,6 +17,7 @@ import torch
 from optuna.trial import TrialState
 
 from search.checkpoint import load_model
+from search.data import load_dataset
 from search.objectives import pareto_front
 from search.relu import relu_count
 from search.study.storage import INTERRUPTED
@@ -35,6 +36,11 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return ["--cache-dir", str(tmp_path_factory.getbasetemp() / "search-cache")]
 
 
+def cached_teachers(cache: list[str]) -> list[dict]:
+    """The records of the teachers in the ``--cache-dir`` of ``cache``."""
+    return [load_model(path)[1]["info"] for path in (Path(cache[1]) / "teachers").glob("*.pt")]
+
+
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory, cache: list[str]) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """One study shared by the tests below: four strategies as a categorical (two real, one raising,
@@ -48,7 +54,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory, cache: list[str]) -> tuple[P
     return run_dir, done
 
 
-def test_study_stores_a_pareto_front(mixed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_study_stores_a_pareto_front(mixed: tuple[Path, subprocess.CompletedProcess[str]], cache: list[str]) -> None:
     run_dir, done = mixed
     settings, study = load(run_dir)
     assert settings.objectives == ["accuracy", "relus"] and settings.directions == ["maximize", "minimize"]
@@ -57,6 +63,7 @@ def test_study_stores_a_pareto_front(mixed: tuple[Path, subprocess.CompletedProc
     assert len(trials) == 8 and len(progress_lines(done.stdout)) == 8
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) >= 3
+    digits = load_dataset("digits")
     for trial in complete:
         attrs = trial.user_attrs
         assert attrs["feasible"] is True and trial.values == [attrs["val_acc"], attrs["relus"]]
@@ -64,6 +71,11 @@ def test_study_stores_a_pareto_front(mixed: tuple[Path, subprocess.CompletedProc
         model, payload = load_model(run_dir / attrs["model_path"])
         assert relu_count(model, (1, 8, 8)) == attrs["relus"] == payload["info"]["relus"] <= 3000
         assert (run_dir / attrs["model_path"]).with_name("log.txt").read_text().strip()
+        assert (attrs["val_images"], attrs["test_images"]) == (len(digits.val), len(digits.test))
+    # Both test strategies start from the cached teacher: every trial records that teacher, the report's baseline.
+    teachers = {(t.user_attrs["teacher_val_acc"], t.user_attrs["teacher_test_acc"]) for t in complete}
+    cached = {(info["val_acc"], info["test_acc"]) for info in cached_teachers(cache)}
+    assert len(teachers) == 1 and teachers <= cached
     quick = [t for t in complete if t.params["strategy"] == QUICK]
     assert all(t.user_attrs["options"] == {"keep": t.params["quick/keep"]} for t in quick)
     assert all(t.user_attrs["details"] == {"kept": t.user_attrs["relus"], "asked": t.params["quick/keep"]} for t in quick)

@@ -5,4 +5,5 @@ only I/O on the way in), :func:`search.reporting.model.build_report` turns what 
 :class:`~search.reporting.model.Report` without touching anything else, and the renderers
 (:mod:`~search.reporting.html`, :mod:`~search.reporting.markdown`, :mod:`~search.reporting.png`,
 :mod:`~search.reporting.trials_csv`) only draw that model. ``search.report`` wires them together.
+:mod:`~search.reporting.intervals` holds the one piece of statistics: accuracies' confidence intervals.
 """

@@ -70,7 +70,14 @@ def figure(report: Report) -> go.Figure:
         color = colors[series.name]
         dominated, over = faint_trials(report, series)
         if series.front:
-            fig.add_trace(_trials_trace(list(series.front), series.name, color, "front", mode="lines+markers", showlegend=True))
+            front = _trials_trace(list(series.front), series.name, color, "front", mode="lines+markers", showlegend=True)
+            if all(t.val_interval is not None for t in series.front):
+                front.update(error_y={
+                    "type": "data", "symmetric": False, "color": color, "thickness": 1, "width": 3,
+                    "array": [(t.val_interval.high - t.val_acc) * 100 for t in series.front],  # type: ignore[union-attr,operator]
+                    "arrayminus": [(t.val_acc - t.val_interval.low) * 100 for t in series.front],  # type: ignore[union-attr,operator]
+                })
+            fig.add_trace(front)
         if dominated:
             fig.add_trace(_trials_trace(dominated, series.name, color, "dominated", opacity=style.DOMINATED_ALPHA))
         if over:
@@ -96,6 +103,11 @@ def figure(report: Report) -> go.Figure:
         )
     shapes, annotations = [], []
     if any(s.front for s in report.series):
+        for run in report.runs:
+            if run.baseline.val_acc is not None:
+                name = f" ({run.label})" if len(report.runs) > 1 else ""
+                shapes.append(_hline(run.baseline.val_acc * 100))
+                annotations.append(_hlabel(run.baseline.val_acc * 100, f"teacher{name} {text.accuracy(run.baseline.val_acc)}"))
         shapes.append(_vline(report.full_relus, "dot", "#999999"))
         annotations.append(_vlabel(report.full_relus, "full model"))
         if report.budget:
@@ -141,7 +153,9 @@ def _trials_trace(trials: list[TrialRow], series: str, color: str, role: str, mo
 def _hover(t: TrialRow) -> str:
     lines = [
         f"<b>{escape(t.series)}</b> · {escape(t.run)} #{t.number}",
-        f"ReLUs {text.count(t.relus)} · val {text.accuracy(t.val_acc)} · test {text.accuracy(t.test_acc)}",
+        f"ReLUs {text.count(t.relus)} · val {text.accuracy_in(t.val_acc, t.val_interval)}",
+        f"test {text.accuracy_in(t.test_acc, t.test_interval)}",
+        f"drop from teacher: val {text.drop(t.val_drop)} · test {text.drop(t.test_drop)}",
         f"latency {text.seconds(t.latency_s)} · {text.megabytes(t.communication_mb)}",
         escape(text.params(t.params)),
     ]
@@ -151,6 +165,17 @@ def _hover(t: TrialRow) -> str:
 def _vline(x: int, dash: str, color: str) -> dict:
     return {"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": 0, "y1": 1,
             "line": {"dash": dash, "color": color, "width": 1}}
+
+
+def _hline(y: float) -> dict:
+    """A run's teacher accuracy across the whole plot."""
+    return {"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": y, "y1": y,
+            "line": {"dash": "dashdot", "color": "#777777", "width": 1}}
+
+
+def _hlabel(y: float, label: str) -> dict:
+    return {"text": escape(label), "xref": "paper", "yref": "y", "x": 0.0, "y": y, "showarrow": False, "xanchor": "left",
+            "yanchor": "bottom", "font": {"size": 10, "color": "#666"}}
 
 
 def _vlabel(x: int, label: str) -> dict:

@@ -17,8 +17,19 @@ nothing of substance. Conventions fixed here, and stated in every rendering:
   strategy repeats, so today none does): its hypervolume is taken over all its finished, feasible
   trials in normalised coordinates, where they are comparable fractions of their own models (a
   front in raw counts need not be the front in normalised coordinates once N differs).
-- "Best accuracy at <= B" uses the same finished, feasible trials; the winner has the highest
-  validation accuracy (selection is on validation; test accuracy is shown beside it).
+- "Best accuracy at <= B" uses the same finished, feasible trials; the leader has the highest
+  validation accuracy (selection is on validation; test accuracy is shown beside it). It is marked
+  the winner only where its lead is more than noise: its validation interval (below) does not overlap
+  that of any other series in the row. Otherwise the series whose intervals overlap the leader's are
+  "within noise" and no winner is named; where a run did not record its split sizes there are no
+  intervals and the lead is not judged. A series alone in a row wins it.
+- Every accuracy carries a 95 % Wilson score interval (binomial) for the number of images in its
+  split (:mod:`search.reporting.intervals` says why Wilson), taken from the trials' ``val_images``
+  and ``test_images`` attributes.
+- A run's baseline is its full-ReLU teacher's validation and test accuracy (the trials'
+  ``teacher_val_acc`` and ``teacher_test_acc``); each trial's drop is the baseline's accuracy minus
+  its own, in percentage points (negative: above the teacher). A run that did not record it reports
+  "baseline: not recorded" and no drops.
 """
 
 from __future__ import annotations
@@ -34,12 +45,18 @@ from optuna.trial import FrozenTrial
 from search.errors import SearchError
 from search.objectives import COST_PRESETS, CostModel, cost_model, hypervolume_2d, pareto_front
 from search.reporting import text
+from search.reporting.intervals import METHOD, Interval, accuracy_interval
 from search.reporting.load import PublishedPoint, RunData, model_file
 
 BUDGET_FRACTIONS = (0.01, 0.02, 0.05, 0.10, 0.25, 0.50, 1.0)
 LATENCY_PRESETS = ("delphi", "cheetah")
 HV_REFERENCE_ACCURACY = 0.0
 TIE = 1e-12
+LADDER_RULE = (
+    "The winner (★) leads in validation accuracy by more than noise: its interval does not overlap that of any "
+    "other strategy in the row. Otherwise the strategies whose intervals overlap the leader's are marked ≈ "
+    "(within noise) and no winner is named. Margin = the leader's lead in accuracy points over the next strategy."
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +81,10 @@ class TrialRow:
     feasible: bool
     fail_reason: str | None
     attrs: dict[str, Any]
+    val_interval: Interval | None
+    test_interval: Interval | None
+    val_drop: float | None  # the run's teacher's validation accuracy minus this trial's
+    test_drop: float | None
     on_front: bool = False
     on_overall_front: bool = False
 
@@ -97,19 +118,32 @@ class Series:
     front: tuple[TrialRow, ...]
     hypervolume: float | None
     best_acc: float | None
+    best_interval: Interval | None
     fewest_relus: int | None
 
 
 @dataclass(frozen=True)
 class LadderRow:
-    """Best trial per series within one limit, the winner(s) and the lead over the next series."""
+    """Best trial per series within one limit, the leader(s), the series within noise of them, and the
+    lead over the next series."""
 
     label: str
     detail: str
     relus: int
     cells: dict[str, TrialRow | None]
-    winners: tuple[str, ...]
+    leaders: tuple[str, ...]  # the highest validation accuracy (several on an exact tie)
+    contenders: tuple[str, ...] | None  # leaders and every series whose interval overlaps one; None: not judged
     margin: float | None
+
+    @property
+    def winners(self) -> tuple[str, ...]:
+        """The leader, where no other series is within noise of it; else nobody."""
+        return self.leaders if len(self.leaders) == 1 and self.contenders == self.leaders else ()
+
+    @property
+    def within_noise(self) -> tuple[str, ...]:
+        """The series that cannot be told apart from the leader (empty where there is a winner or no judgement)."""
+        return self.contenders if self.contenders is not None and len(self.contenders) > 1 else ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +154,23 @@ class Ladder:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """A run's full-ReLU teacher: the accuracies its trials' drops are measured from, with intervals."""
+
+    val_acc: float | None
+    test_acc: float | None
+    val_images: int | None
+    test_images: int | None
+    val_interval: Interval | None
+    test_interval: Interval | None
+    missing: str | None  # why there is no baseline, where there is none
+
+    @property
+    def recorded(self) -> bool:
+        return self.val_acc is not None
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """What a run was asked to do, as the report states it."""
 
@@ -127,6 +178,7 @@ class RunSummary:
     run_dir: str
     settings: dict[str, Any]
     convention: str
+    baseline: Baseline
 
 
 @dataclass(frozen=True)
@@ -143,6 +195,7 @@ class Report:
     series: tuple[Series, ...]
     trials: tuple[TrialRow, ...]
     hypervolume_note: str
+    accuracy_note: str
     relu_ladder: Ladder
     latency_ladders: tuple[Ladder, ...]
     published: tuple[PublishedPoint, ...]
@@ -166,7 +219,8 @@ def build_report(runs: Sequence[RunData], published: Sequence[PublishedPoint] = 
         raise SearchError("two runs share a label: give each run a unique label (load_runs does)")
     notes: list[str] = []
     names_of = _series_names(runs)
-    rows = _mark_fronts([row for run in runs for row in _trial_rows(run, names_of, notes)])
+    baselines = {run.label: _baseline(run, notes) for run in runs}
+    rows = _mark_fronts([row for run in runs for row in _trial_rows(run, names_of, baselines[run.label], notes)])
     full_relus = max(run.settings.full_relus for run in runs)
     eligible = [r for r in rows if r.eligible]
     references = _reference_relus(runs, eligible)
@@ -193,7 +247,7 @@ def build_report(runs: Sequence[RunData], published: Sequence[PublishedPoint] = 
         notes.append(f"No published reference points for {dataset} (they exist for {have}).")
     return Report(
         title=_title(runs),
-        runs=tuple(_run_summary(run) for run in runs),
+        runs=tuple(_run_summary(run, baselines[run.label]) for run in runs),
         dataset=dataset,
         model=model,
         full_relus=full_relus,
@@ -204,6 +258,7 @@ def build_report(runs: Sequence[RunData], published: Sequence[PublishedPoint] = 
         series=series,
         trials=tuple(rows),
         hypervolume_note=_hypervolume_note(runs, references),
+        accuracy_note=_accuracy_note(runs, baselines),
         relu_ladder=_relu_ladder(eligible, names, full_relus, most_relus, {run.settings.budget for run in runs} - {None}),
         latency_ladders=tuple(
             _latency_ladder(eligible, names, full_relus, most_relus, COST_PRESETS[p]) for p in LATENCY_PRESETS
@@ -295,7 +350,51 @@ def _strategy(trial: FrozenTrial, run: RunData) -> str:
     return str(name or "unknown")
 
 
-def _trial_rows(run: RunData, series_names: dict[tuple[str, str], str], notes: list[str]) -> list[TrialRow]:
+def _baseline(run: RunData, notes: list[str]) -> Baseline:
+    """The run's teacher and split sizes, as its completed trials recorded them (the most common record,
+    with a note where trials disagree: a teacher retrained between a run and its resume, say)."""
+    done = [t.user_attrs for t in run.trials if t.state.name == "COMPLETE"]
+    teachers = [(v, _number(a.get("teacher_test_acc"))) for a in done if (v := _number(a.get("teacher_val_acc"))) is not None]
+    val_images = _most_common(_count(a.get("val_images")) for a in done)
+    test_images = _most_common(_count(a.get("test_images")) for a in done)
+    if len(set(teachers)) > 1:
+        notes.append(f"Run {run.label}: its trials recorded {len(set(teachers))} different teachers; "
+                     "the baseline is the one most of them used.")
+    teacher = _most_common(teachers)
+    if teacher is None:
+        if not done:
+            missing = "no trial of this run has finished"
+        elif val_images is None:
+            missing = "its trials did not record the teacher (the run predates that record)"
+        else:
+            missing = "no finished trial used the full-ReLU teacher (CryptoNAS trains without it unless kd_weight > 0)"
+        return Baseline(None, None, val_images, test_images, None, None, missing)
+    val_acc, test_acc = teacher
+    return Baseline(val_acc, test_acc, val_images, test_images, accuracy_interval(val_acc, val_images),
+                    accuracy_interval(test_acc, test_images), None)
+
+
+def _most_common(values: Any) -> Any:
+    """The most frequent of the values that are not None (the first seen on a tie), or None."""
+    counts: dict[Any, int] = {}
+    for value in values:
+        if value is not None:
+            counts[value] = counts.get(value, 0) + 1
+    return max(counts, key=counts.__getitem__, default=None)
+
+
+def _count(value: Any) -> int | None:
+    """A positive whole number (a split's size), or None."""
+    number = _number(value)
+    return int(number) if number is not None and number >= 1 and number == int(number) else None
+
+
+def _drop(baseline: float | None, accuracy: float | None) -> float | None:
+    return None if baseline is None or accuracy is None else baseline - accuracy
+
+
+def _trial_rows(run: RunData, series_names: dict[tuple[str, str], str], baseline: Baseline,
+                notes: list[str]) -> list[TrialRow]:
     settings = run.settings
     cost: CostModel | None
     try:
@@ -316,6 +415,11 @@ def _trial_rows(run: RunData, series_names: dict[tuple[str, str], str], notes: l
             communication = cost.communication_mb(relus_int) if communication is None else communication
         strategy = _strategy(trial, run)
         path = model_file(run.run_dir, trial)
+        val_acc = _number(values.get("accuracy", attrs.get("val_acc")))
+        test_acc = _number(attrs.get("test_acc"))
+        # Each accuracy on the size of the split the trial itself recorded, else the run's.
+        val_images = _count(attrs.get("val_images")) or baseline.val_images
+        test_images = _count(attrs.get("test_images")) or baseline.test_images
         rows.append(
             TrialRow(
                 run=run.label,
@@ -326,8 +430,8 @@ def _trial_rows(run: RunData, series_names: dict[tuple[str, str], str], notes: l
                 params=dict(trial.params),
                 values={k: float(v) for k, v in values.items()},
                 relus=relus_int,
-                val_acc=_number(values.get("accuracy", attrs.get("val_acc"))),
-                test_acc=_number(attrs.get("test_acc")),
+                val_acc=val_acc,
+                test_acc=test_acc,
                 latency_s=latency,
                 communication_mb=communication,
                 seconds=_seconds(trial),
@@ -336,6 +440,10 @@ def _trial_rows(run: RunData, series_names: dict[tuple[str, str], str], notes: l
                 feasible=_feasible(trial, relus_int, settings.budget),
                 fail_reason=str(attrs["fail_reason"]) if attrs.get("fail_reason") else None,
                 attrs=dict(attrs),
+                val_interval=accuracy_interval(val_acc, val_images),
+                test_interval=accuracy_interval(test_acc, test_images),
+                val_drop=_drop(baseline.val_acc, val_acc),
+                test_drop=_drop(baseline.test_acc, test_acc),
             )
         )
     return rows
@@ -397,6 +505,7 @@ def _series(runs: Sequence[RunData], rows: list[TrialRow], references: dict[str,
         mine = [r for r in rows if r.series == name]
         front = tuple(sorted((r for r in mine if r.on_front), key=lambda r: (r.relus, -r.val_acc, r.run, r.number)))
         eligible = [r for r in mine if r.eligible]
+        best = max(eligible, key=lambda r: (r.val_acc, -r.relus), default=None)  # type: ignore[arg-type,return-value]
         result.append(
             Series(
                 name=name,
@@ -411,7 +520,8 @@ def _series(runs: Sequence[RunData], rows: list[TrialRow], references: dict[str,
                 compute_s=sum(_compute_seconds(r) for r in mine),
                 front=front,
                 hypervolume=series_hypervolume(mine, references),
-                best_acc=max((r.val_acc for r in eligible), default=None),  # type: ignore[type-var]
+                best_acc=best.val_acc if best is not None else None,
+                best_interval=best.val_interval if best is not None else None,
                 fewest_relus=min((r.relus for r in eligible), default=None),  # type: ignore[type-var]
             )
         )
@@ -423,14 +533,21 @@ def _ladder_row(label: str, detail: str, limit: int, eligible: list[TrialRow], n
     for name in names:
         within = [r for r in eligible if r.series == name and r.relus <= limit]  # type: ignore[operator]
         cells[name] = max(within, key=lambda r: (r.val_acc, -r.relus), default=None)  # type: ignore[arg-type,return-value]
-    scores = sorted(((c.val_acc, n) for n, c in cells.items() if c is not None), reverse=True)
+    present = {n: c for n, c in cells.items() if c is not None}
+    scores = sorted(((c.val_acc, n) for n, c in present.items()), reverse=True)
     if not scores:
-        return LadderRow(label, detail, limit, cells, (), None)
+        return LadderRow(label, detail, limit, cells, (), None, None)
     best = scores[0][0]
-    winners = tuple(n for n in names if cells[n] is not None and best - cells[n].val_acc <= TIE)  # type: ignore[union-attr]
-    others = [s for s, n in scores if n not in winners]
-    margin = (best - others[0]) if others else (0.0 if len(winners) > 1 else None)
-    return LadderRow(label, detail, limit, cells, winners, margin)
+    leaders = tuple(n for n in names if n in present and best - present[n].val_acc <= TIE)  # type: ignore[operator]
+    others = [s for s, n in scores if n not in leaders]
+    margin = (best - others[0]) if others else (0.0 if len(leaders) > 1 else None)
+    contenders: tuple[str, ...] | None = None
+    if all(c.val_interval is not None for c in present.values()):
+        contenders = tuple(
+            n for n in names if n in present
+            and any(present[n].val_interval.overlaps(present[lead].val_interval) for lead in leaders)  # type: ignore[union-attr,arg-type]
+        )
+    return LadderRow(label, detail, limit, cells, leaders, contenders, margin)
 
 
 def _relu_ladder(eligible: list[TrialRow], names: list[str], full_relus: int, most: int, budgets: set[int]) -> Ladder:
@@ -446,7 +563,7 @@ def _relu_ladder(eligible: list[TrialRow], names: list[str], full_relus: int, mo
     return Ladder(
         "Best validation accuracy at ≤ B ReLUs",
         "Budgets are fractions of the full model's ReLU count; each cell is the best finished, feasible trial "
-        "within the budget (winner marked ★; margin = lead in accuracy points over the next strategy).",
+        f"within the budget. {LADDER_RULE}",
         rows,
     )
 
@@ -463,7 +580,7 @@ def _latency_ladder(eligible: list[TrialRow], names: list[str], full_relus: int,
     return Ladder(
         f"Best validation accuracy at equal estimated PI latency ({cost.name})",
         f"{cost.name}: {cost.online_us_per_relu:g} us and {cost.online_bytes_per_relu:,.0f} B online per ReLU. "
-        "Latency is linear in the ReLU count under this model, so each row is a ReLU budget read as seconds.",
+        f"Latency is linear in the ReLU count under this model, so each row is a ReLU budget read as seconds. {LADDER_RULE}",
         tuple(rows),
     )
 
@@ -501,6 +618,25 @@ def convention(stem_relu: bool) -> str:
     return f"one ReLU = one activation element for one input (batch excluded); {stem}"
 
 
-def _run_summary(run: RunData) -> RunSummary:
+def _run_summary(run: RunData, baseline: Baseline) -> RunSummary:
     settings = dataclasses.asdict(run.settings)
-    return RunSummary(run.label, str(run.run_dir), settings, convention(run.settings.stem_relu))
+    return RunSummary(run.label, str(run.run_dir), settings, convention(run.settings.stem_relu), baseline)
+
+
+def _accuracy_note(runs: Sequence[RunData], baselines: Mapping[str, Baseline]) -> str:
+    """The interval method, each run's split sizes, and what a drop is."""
+    sizes = []
+    for run in runs:
+        b = baselines[run.label]
+        where = f" ({run.label})" if len(runs) > 1 else ""
+        if b.val_images is None and b.test_images is None:
+            sizes.append(f"not recorded{where or ' by this run'}, so its accuracies carry no interval and its leads are not judged")
+        else:
+            sizes.append(f"validation n = {text.count(b.val_images)}, test n = {text.count(b.test_images)}{where}")
+    return (
+        f"Every accuracy is shown with its {METHOD}, as [low, high]; split sizes: {'; '.join(sizes)}. "
+        "Drop = the run's full-ReLU teacher's accuracy minus the trial's, in percentage points (negative: above "
+        "the teacher). A winner needs intervals that do not overlap, which is conservative: two trials measured "
+        "on the same images could be compared more sharply image by image, but the study does not keep "
+        "per-image predictions."
+    )

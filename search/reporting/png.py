@@ -12,6 +12,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from search.reporting import style, text
+from search.reporting.intervals import METHOD
 from search.reporting.model import Report, TrialRow, faint_trials
 
 
@@ -29,6 +30,10 @@ def render(report: Report) -> bytes:
         if over:
             ax.scatter(_x(over), _y(over), s=22, color=color, alpha=style.DOMINATED_ALPHA, marker="x")
         if series.front:
+            bars = _error_bars(series.front)
+            if bars is not None:
+                ax.errorbar(_x(series.front), _y(series.front), yerr=bars, fmt="none", ecolor=color, elinewidth=0.8,
+                            capsize=2, alpha=0.6, zorder=2)
             label = f"{series.name}: {len(series.front)} on front, HV {text.hypervolume(series.hypervolume)}"
             ax.plot(_x(series.front), _y(series.front), drawstyle="steps-post", color=color, linewidth=1.6, marker="o",
                     markersize=6, markeredgecolor="white", markeredgewidth=0.6, zorder=3, label=label)
@@ -47,6 +52,10 @@ def render(report: Report) -> bytes:
         )
     fronts = any(s.front for s in report.series)
     if fronts:
+        for run in report.runs:
+            if run.baseline.val_acc is not None:
+                name = f" ({run.label})" if len(report.runs) > 1 else ""
+                _hline(ax, run.baseline.val_acc * 100, f"teacher{name} {text.accuracy(run.baseline.val_acc)}")
         _vline(ax, report.full_relus, f"full model {report.full_relus:,}", ":")
         if report.budget:
             _vline(ax, report.budget, f"budget {report.budget:,}", "--")
@@ -77,7 +86,8 @@ def render(report: Report) -> bytes:
     footer = "Fronts drawn as steps: best validation accuracy at <= x ReLUs."
     if len(conventions) == 1:
         footer += f" Counting: {conventions.pop()}."
-    fig.text(0.01, 0.005, footer, fontsize=7, color="#666666")
+    footer += f"\nError bars: {METHOD}. Dash-dot line: the full-ReLU teacher's validation accuracy (baseline)."
+    fig.text(0.01, 0.0, footer, fontsize=7, color="#666666", va="top")  # below the axis label; bbox_inches="tight" keeps it
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     return buffer.getvalue()
@@ -104,6 +114,21 @@ def _short(v: float) -> str:
         if v >= size:
             return f"{v / size:.3g}{unit}"
     return f"{v:.3g}"
+
+
+def _error_bars(trials: tuple[TrialRow, ...]) -> tuple[list[float], list[float]] | None:
+    """Distances (in %) from each accuracy down and up to its interval's ends; None where a trial has none."""
+    if any(t.val_interval is None for t in trials):
+        return None
+    low = [(t.val_acc - t.val_interval.low) * 100 for t in trials]  # type: ignore[operator,union-attr]
+    high = [(t.val_interval.high - t.val_acc) * 100 for t in trials]  # type: ignore[operator,union-attr]
+    return low, high
+
+
+def _hline(ax: Axes, y: float, label: str) -> None:
+    ax.axhline(y, color="#777777", linestyle="-.", linewidth=1)
+    ax.annotate(label, (0, y), xycoords=("axes fraction", "data"), xytext=(3, 2), textcoords="offset points",
+                ha="left", va="bottom", fontsize=7, color="#555555")
 
 
 def _vline(ax: Axes, x: int, label: str, linestyle: str) -> None:

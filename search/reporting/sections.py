@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search.reporting import text
-from search.reporting.model import Ladder, Report, RunSummary, TrialRow
+from search.reporting.model import Ladder, LadderRow, Report, RunSummary, TrialRow
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Section:
 def sections(report: Report) -> list[Section]:
     """Every section after the plot, in reading order."""
     result = [_strategies(report)] if report.series else []
+    result.append(_baseline(report))
     if any(s.front for s in report.series):
         result.append(_ladder(report, report.relu_ladder))
         result += [_ladder(report, ladder) for ladder in report.latency_ladders]
@@ -74,7 +75,7 @@ def _strategies(report: Report) -> Section:
             _c(s.failed),
             _c(s.over_budget),
             _c(len(s.front)),
-            _c(text.accuracy(s.best_acc)),
+            _c(text.accuracy_in(s.best_acc, s.best_interval)),
             _c(text.count(s.fewest_relus)),
             _c(text.hypervolume(s.hypervolume)),
             _c(text.duration(s.compute_s)),
@@ -89,6 +90,22 @@ def _strategies(report: Report) -> Section:
     return Section("Strategies", (Table(headers, rows), report.hypervolume_note, note))
 
 
+def _baseline(report: Report) -> Section:
+    """Each run's full-ReLU teacher, with intervals, and how accuracies, drops and winners are read."""
+    headers = ("run", "teacher val acc", "validation images", "teacher test acc", "test images")
+    rows = []
+    for run in report.runs:
+        b = run.baseline
+        if b.recorded:
+            val, test = text.accuracy_in(b.val_acc, b.val_interval), text.accuracy_in(b.test_acc, b.test_interval)
+        else:
+            val = test = "baseline: not recorded"
+        rows.append((_c(run.label), _c(val), _c(text.count(b.val_images)), _c(test), _c(text.count(b.test_images))))
+    missing = [f"Run {run.label}: baseline: not recorded ({run.baseline.missing})." for run in report.runs
+               if not run.baseline.recorded]
+    return Section("Baseline: the full-ReLU teacher", (Table(headers, tuple(rows)), *missing, report.accuracy_note))
+
+
 def _ladder(report: Report, ladder: Ladder) -> Section:
     names = [s.name for s in report.series]
     headers = ("limit", "") + tuple(names) + ("winner", "margin")
@@ -96,26 +113,38 @@ def _ladder(report: Report, ladder: Ladder) -> Section:
     for row in ladder.rows:
         cells = [_c(row.label), _c(row.detail)]
         for name in names:
-            cells.append(_ladder_cell(row.cells[name], name in row.winners, len(report.runs) > 1))
-        cells.append(_c(", ".join(row.winners) or "—"))
+            mark = "★" if name in row.winners else "≈" if name in row.within_noise else ""
+            cells.append(_ladder_cell(row.cells[name], mark, len(report.runs) > 1))
+        cells.append(_c(_verdict(row)))
         cells.append(_c(text.points(row.margin)))
         rows.append(tuple(cells))
     return Section(ladder.title, (ladder.note, Table(headers, tuple(rows))))
 
 
-def _ladder_cell(trial: TrialRow | None, winner: bool, name_run: bool) -> Cell:
-    """Validation accuracy (★ for the winner), then test accuracy and which trial it is."""
+def _verdict(row: LadderRow) -> str:
+    """The winner, the series within noise of each other, or the leader whose lead could not be judged."""
+    if row.winners:
+        return ", ".join(row.winners)
+    if row.within_noise:
+        return "within noise: " + ", ".join(row.within_noise)
+    if row.leaders:
+        return f"{', '.join(row.leaders)} (lead not judged: split sizes not recorded)"
+    return "—"
+
+
+def _ladder_cell(trial: TrialRow | None, mark: str, name_run: bool) -> Cell:
+    """Validation accuracy (★ for the winner, ≈ within noise) with its interval, then test accuracy and which trial."""
     if trial is None:
         return Cell("—")
-    mark = " ★" if winner else ""
     which = f"{trial.run} #{trial.number}" if name_run else f"trial #{trial.number}"
-    return Cell(f"{text.accuracy(trial.val_acc)}{mark} (test {text.accuracy(trial.test_acc)}; {which})", winner)
+    test = text.accuracy_in(trial.test_acc, trial.test_interval)
+    return Cell(f"{text.accuracy_in(trial.val_acc, trial.val_interval, mark)} (test {test}; {which})", mark == "★")
 
 
 def _pareto(report: Report) -> Section:
     cost = {run.label: run.settings.get("cost_model", "") for run in report.runs}
-    headers = ("strategy", "run", "trial", "sampled hyperparameters", "options used", "ReLUs", "val acc", "test acc", "latency",
-               "communication", "best overall", "saved model")
+    headers = ("strategy", "run", "trial", "sampled hyperparameters", "options used", "ReLUs", "val acc", "val drop", "test acc",
+               "test drop", "latency", "communication", "best overall", "saved model")
     rows = tuple(
         (
             _c(t.series),
@@ -124,8 +153,10 @@ def _pareto(report: Report) -> Section:
             _c(text.params(t.params)),
             _c(text.options(t.attrs.get("options"))),
             _c(text.count(t.relus)),
-            _c(text.accuracy(t.val_acc)),
-            _c(text.accuracy(t.test_acc)),
+            _c(text.accuracy_in(t.val_acc, t.val_interval)),
+            _c(text.drop(t.val_drop)),
+            _c(text.accuracy_in(t.test_acc, t.test_interval)),
+            _c(text.drop(t.test_drop)),
             _c(f"{text.seconds(t.latency_s)} ({cost[t.run]})"),
             _c(f"{text.megabytes(t.communication_mb)} ({cost[t.run]})"),
             _c("yes" if t.on_overall_front else ""),
@@ -135,8 +166,8 @@ def _pareto(report: Report) -> Section:
     )
     note = (
         "Each strategy's non-dominated trials (validation accuracy vs ReLUs), fewest ReLUs first. "
-        "'best overall' marks trials no other strategy's trial dominates. Latency and communication are "
-        "the online estimates of the run's cost model."
+        "'best overall' marks trials no other strategy's trial dominates. Drops are from the run's full-ReLU "
+        "teacher (see Baseline). Latency and communication are the online estimates of the run's cost model."
     )
     return Section("Pareto-optimal trials", (note, Table(headers, rows)))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from search.reporting.intervals import Interval
+
 
 def count(n: int | None) -> str:
     return "—" if n is None else f"{n:,}"
@@ -12,6 +14,23 @@ def count(n: int | None) -> str:
 def accuracy(a: float | None) -> str:
     """Accuracies are fractions in the data and percent with two decimals on the page."""
     return "—" if a is None else f"{a * 100:.2f}%"
+
+
+def interval(iv: Interval | None) -> str:
+    """An accuracy's interval in percent, as many decimals as the accuracy itself: [82.56, 94.48]."""
+    return "" if iv is None else f"[{iv.low * 100:.2f}, {iv.high * 100:.2f}]"
+
+
+def accuracy_in(a: float | None, iv: Interval | None, mark: str = "") -> str:
+    """An accuracy, an optional mark (★, ≈), then its interval where there is one: 90.00% ★ [82.56, 94.48]."""
+    if a is None:
+        return accuracy(a)
+    return " ".join(part for part in (accuracy(a), mark, interval(iv)) if part)
+
+
+def drop(d: float | None) -> str:
+    """How far below the teacher an accuracy is, in percentage points (negative: above it)."""
+    return "—" if d is None else f"{d * 100:.2f} pt"
 
 
 def points(margin: float | None) -> str:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+from search.reporting.intervals import Interval
 from search.reporting.model import Report
 
 # Read from the trial (values first, attributes as fallback) or derived by the report.
@@ -22,7 +23,11 @@ DERIVED = (
     "on_front",
     "on_overall_front",
     "fail_reason",
+    "val_drop",
+    "test_drop",
 )
+# Each accuracy's 95 % Wilson interval (search.reporting.intervals), as fractions.
+INTERVALS = ("val_acc_low", "val_acc_high", "test_acc_low", "test_acc_high")
 
 
 def render(report: Report) -> str:
@@ -39,6 +44,7 @@ def render(report: Report) -> str:
         ["run", "number", "state", "strategy", "series"]
         + [f"values_{o}" for o in objectives]
         + list(DERIVED)
+        + list(INTERVALS)
         + [f"params_{p}" for p in report.param_names]
         + [f"user_attrs_{k}" for k in extra]
     )
@@ -47,10 +53,15 @@ def render(report: Report) -> str:
             [t.run, t.number, t.state, t.strategy, t.series]
             + [_cell(t.values.get(o)) for o in objectives]
             + [_cell(getattr(t, a)) for a in DERIVED]
+            + [_cell(end) for iv in (t.val_interval, t.test_interval) for end in _ends(iv)]
             + [_cell(t.params.get(p)) for p in report.param_names]
             + [_cell(t.attrs.get(k)) for k in extra]
         )
     return buffer.getvalue()
+
+
+def _ends(iv: Interval | None) -> tuple[float | None, float | None]:
+    return (None, None) if iv is None else (iv.low, iv.high)
 
 
 def _cell(value: object) -> str:

@@ -33,7 +33,9 @@ never trained and is never on the Pareto front; its ``relus`` is the plan's coun
 for a PRUNED trial stopped early (its target out of reach, or dominated at a rung: see
 :mod:`search.study.halving`; its epochs' validation accuracies are its intermediate values), and ``rerun_of``
 on a trial rerunning one that a killed run interrupted (that one is FAIL with ``fail_reason``
-``interrupted ...``). With a budget, every recorded trial carries the Optuna constraint
+``interrupted ...``). A completed trial also records ``val_images`` and ``test_images`` (the sizes of
+the splits its accuracies were measured on) and, where its strategy fetched the full-ReLU teacher,
+``teacher_val_acc`` and ``teacher_test_acc`` (the teacher's accuracies: the report's baseline). With a budget, every recorded trial carries the Optuna constraint
 ``relus_over_budget`` = relus - budget (feasible when <= 0).
 
 Trial parameters: ``strategy`` (when the study has several), ``relu_target`` (the ReLU count that
@@ -80,6 +82,10 @@ TRIAL_ATTRS = (
     "infeasible_reason",
     "prune_reason",
     "rerun_of",
+    "teacher_val_acc",
+    "teacher_test_acc",
+    "val_images",
+    "test_images",
 )
 
 

@@ -30,7 +30,8 @@ from search.study.rundir import storage_file
 
 INTERRUPTED = "interrupted before it finished (rerun by --resume)"
 NUMERIC_ATTRS = ("relus", "val_acc", "test_acc", "latency_s", "communication_mb", "seconds", "compute_seconds",
-                 "progress_seconds")
+                 "progress_seconds", "teacher_val_acc", "teacher_test_acc", "val_images", "test_images")
+COUNT_ATTRS = ("relus", "val_images", "test_images")  # stored as integers
 # What a storage that cannot be written raises: SQLAlchemy's errors (SQLite, servers), OSError (journal
 # files, full disks) and Optuna's own wrapper.
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, optuna.exceptions.StorageInternalError)
@@ -194,7 +195,7 @@ def record(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any], obj
     for key in NUMERIC_ATTRS:
         value = result.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):
-            trial.set_user_attr(key, int(value) if key == "relus" else float(value))
+            trial.set_user_attr(key, int(value) if key in COUNT_ATTRS else float(value))
     for key in ("model_path", "node_ip"):
         if result.get(key):
             trial.set_user_attr(key, result[key])

@@ -71,6 +71,7 @@ def blank_metrics(spec: TrialSpec) -> dict[str, Any]:
         status="failed", reason="", strategy="", options="{}", details="{}", relus=nan, val_acc=nan, test_acc=nan,
         latency_s=nan, communication_mb=nan, seconds=nan, compute_seconds=nan, progress_seconds=nan, feasible=False, model_path="", node_ip="",
         storage_error="", phase="", epoch=0, epochs=0, elapsed_s=nan, eta_s=nan, step=0, open_ended=False, curve="[]",
+        teacher_val_acc=nan, teacher_test_acc=nan, val_images=nan, test_images=nan,
     )
     return metrics
 
@@ -134,7 +135,8 @@ def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], nod
                 return _with_objectives(metrics, spec), None
         with tempfile.TemporaryDirectory(prefix="search-trial-") as tmp:
             job.out = str(Path(tmp) / "model.pt")
-            result = execute(prepared, log=log, data=_dataset(spec.dataset, spec.data_dir))
+            data = _dataset(spec.dataset, spec.data_dir)
+            result = execute(prepared, log=log, data=data)
             payload = Path(job.out).read_bytes()
         relus = result.outcome.relus
         cost = cost_model(spec.cost_model)
@@ -144,6 +146,9 @@ def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], nod
             seconds=time.perf_counter() - start,
             model_path=trial_model_path(Path(), number).as_posix(),
             details=json.dumps(result.outcome.details, sort_keys=True, default=str),
+            # The report's baseline and intervals: the full-ReLU teacher (when the strategy fetched it) and split sizes.
+            teacher_val_acc=result.teacher.get("val_acc", math.nan), teacher_test_acc=result.teacher.get("test_acc", math.nan),
+            val_images=len(data.val), test_images=len(data.test),
         )
         _with_objectives(metrics, spec)
         bad = [name for name in spec.objectives if not math.isfinite(metrics[name])]
