@@ -23,6 +23,7 @@ from search.inspect import main as inspect_main
 from search.linearize import main as linearize_main
 from search.relu import relu_count, sites
 from search.strategies import Context, get_strategy
+from search.strategies.criticality import Criticality, order_stages, stage_scores
 from search.strategies.deepreduce import PlanCounter, base_model, choose_plan
 from search.teacher import get_teacher
 from search.train import TrainConfig, pick_device
@@ -118,6 +119,21 @@ def test_budget_only_picks_the_plan_with_most_relus_under_budget() -> None:
     assert candidates == 4 * 2 * 3 * 2
     with pytest.raises(SearchError, match="no deepreduce plan fits the budget of 1,000"):
         choose_plan(counter, options, ["S1", "S2", "S3", "S4"], None, 1_000)
+
+
+def test_criticality_score_orders_known_accuracies_and_names_culled_stages() -> None:
+    # BENCHMARKS.md's CIFAR-10 measurement (resnet18 width 0.25, stem with S1). By the gain alone S4
+    # (+0.101) would rank below S3 (+0.106); per 1,000 ReLUs S4's small count makes it the most critical.
+    accuracies = {"S1": 0.3280, "S2": 0.3440, "S3": 0.4020, "S4": 0.3970}
+    relus = {"S1": 81_920, "S2": 32_768, "S3": 16_384, "S4": 8_192}
+    stages = stage_scores(accuracies, relus, 0.2960)
+    # 1000 * gain / relus, by hand: 32/81920, 48/32768, 106/16384, 101/8192
+    assert [s.score for s in stages] == pytest.approx([0.000390625, 0.00146484375, 0.0064697265625, 0.0123291015625])
+    order = order_stages(stages)
+    assert order == ("S1", "S2", "S3", "S4")
+    measured = Criticality(order, tuple(stages), 0.2960, path="", cached=False)
+    assert measured.culls(("S1", "S2")) == "criticality (val acc gained per 1k ReLUs): S1 < S2 < S3 < S4 -> culls S1,S2"
+    assert measured.culls(()).endswith(" -> culls none")
 
 
 # -- training on digits -----------------------------------------------------------------------------
@@ -236,6 +252,13 @@ def test_linearize_with_only_a_budget_says_which_plan(teacher_cache: Path, capsy
     assert linearize_main(argv) == 0
     out = capsys.readouterr().out
     assert "deepreduce plan cull=" in out and "within the budget of 1,500" in out
+    lines = out.splitlines()
+    plan = next(line for line in lines if line.startswith("deepreduce plan cull="))
+    culls = next(line for line in lines if line.startswith("criticality (val acc gained per 1k ReLUs): "))
+    culled = plan.split()[2].removeprefix("cull=")
+    order = culls.split(": ", 1)[1].split(" -> ")[0].split(" < ")
+    assert culls.endswith(f" -> culls {culled}")
+    assert culled == "none" or culled.split(",") == sorted(order[: culled.count(",") + 1], key=lambda k: int(k[1:]))
     last = out.strip().splitlines()[-1]
     assert last.startswith("relus=") and " val_acc=" in last and " test_acc=" in last
     assert int(last.split()[0].split("=")[1]) <= 1500

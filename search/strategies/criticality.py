@@ -11,9 +11,16 @@ network (every site off), finetuned the same way, gives the floor ``acc_0``.
 Score: ``score_k = 1000 * (acc_k - acc_0) / relus_k``, the accuracy stage k's ReLUs buy over the
 linear network, per thousand ReLUs they cost. Culling trades accuracy for ReLUs, so the stage whose
 ReLUs buy the least accuracy each is the cheapest one to give up: this is the greedy ratio of a
-knapsack, and it is the paper's idea of ranking stages by accuracy gained per ReLU. Dividing by the
-count itself (not its logarithm) keeps a large stage with a middling gain from outranking a small
-stage with nearly the same gain. Stages are ordered from least to most critical (lowest score first).
+knapsack. Dividing by the count itself (not its logarithm) keeps a large stage with a middling gain
+from outranking a small stage with nearly the same gain. Stages are ordered from least to most
+critical (lowest score first), and a plan's line names the stages it culls
+(:meth:`Criticality.culls`).
+
+The score is this project's own. The paper ranks stages by a criticality ``C_k``, but its formula and
+profiling procedure could not be read in any copy of the paper, nor of DeepReShape by the same
+authors, available to this project; summaries of the paper say only that the metric combines
+accuracy and ReLU cost. BENCHMARKS.md ("DeepReDuce criticality metric") lists what was searched and
+found.
 
 The result is cached as JSON under ``<cache_dir>/criticality/<key>.json``, content-addressed like the
 teacher cache: the key hashes the model and its options, the input size and classes, the dataset and a
@@ -46,6 +53,7 @@ from search.train import TrainConfig, fit, preserved_rng
 
 CACHE_VERSION = 1
 FORMULA = "score = 1000 * (acc_k - acc_linear) / relus_k  (val accuracy gained per 1,000 ReLUs)"
+METRIC = "val acc gained per 1k ReLUs"
 _STAGE = re.compile(r"stage([1-9]\d*)")
 
 
@@ -107,6 +115,10 @@ class Criticality:
         lines.append(f"  all-linear network: val_acc {self.linear_val_acc:.4f}")
         return "\n".join(lines)
 
+    def culls(self, cull: Sequence[str]) -> str:
+        """The order and the stages a plan culls, as one line: ``criticality (...): S1 < S2 -> culls S1``."""
+        return f"criticality ({METRIC}): {' < '.join(self.order)} -> culls {','.join(cull) or 'none'}"
+
     def as_details(self) -> dict[str, Any]:
         return {
             "order": list(self.order),
@@ -127,6 +139,14 @@ def order_stages(scores: Sequence[StageScore]) -> tuple[str, ...]:
 def score(val_acc: float, linear_val_acc: float, relus: int) -> float:
     """Validation accuracy gained over the all-linear network per 1,000 ReLUs (see module docstring)."""
     return 1000.0 * (val_acc - linear_val_acc) / max(relus, 1)
+
+
+def stage_scores(val_acc: Mapping[str, float], relus: Mapping[str, int], linear_val_acc: float) -> list[StageScore]:
+    """Every stage's score from its measured accuracy and ReLU count, in the order of ``val_acc``."""
+    return [
+        StageScore(k, relus[k], acc, acc - linear_val_acc, score(acc, linear_val_acc, relus[k]))
+        for k, acc in val_acc.items()
+    ]
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -208,15 +228,11 @@ def _measure(ctx: Context, recipe: TrainConfig, teacher: nn.Module, log: Callabl
         result = fit(model, ctx.data, recipe, ctx.device, select_best=False, log=log, label=f"criticality {label}")
         accuracies[label] = result.history[-1].val_acc if result.history else 0.0
     linear = accuracies.pop("linear")
-    stages = [
-        {"label": k, "relus": counts[k], "val_acc": accuracies[k], "gain": accuracies[k] - linear,
-         "score": score(accuracies[k], linear, counts[k])}
-        for k in labels
-    ]
+    stages = stage_scores(accuracies, counts, linear)
     return {
         "linear_val_acc": linear,
-        "stages": stages,
-        "order": list(order_stages([StageScore(**s) for s in stages])),
+        "stages": [dataclasses.asdict(s) for s in stages],
+        "order": list(order_stages(stages)),
     }
 
 

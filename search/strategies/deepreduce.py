@@ -8,10 +8,11 @@ model space's ``width`` and ``stem_stride`` options. A plan is built and counted
 (:meth:`DeepReDuce.plan`), so a plan over the budget is rejected before anything trains.
 
 Which stages to cull can be named (``cull=S1,S4``) or left to the measured criticality order
-(``n_cull=2``, see :mod:`search.strategies.criticality`). With a budget, every plan choice left unset
-is picked so that the plan keeps the most ReLUs under the budget. The chosen network is trained with
-Hinton KD from the full-ReLU teacher; when its architecture is the teacher's (alpha = rho = 1) it
-starts from the teacher's weights, otherwise only the distillation transfers.
+(``n_cull=2``, see :mod:`search.strategies.criticality`); the log then prints the order and the stages
+the plan culls. With a budget, every plan choice left unset is picked so that the plan keeps the most
+ReLUs under the budget. The chosen network is trained with Hinton KD from the full-ReLU teacher; when
+its architecture is the teacher's (alpha = rho = 1) it starts from the teacher's weights, otherwise
+only the distillation transfers.
 """
 
 from __future__ import annotations
@@ -379,6 +380,8 @@ class DeepReDuce(Strategy):
         spec, relus, candidates = choose_plan(counter, options, labels, measured.order if measured else None, ctx.budget)
         how = f"the most ReLUs within the budget of {ctx.budget:,} among {candidates} candidate plans" if candidates > 1 else "as set"
         ctx.log(f"deepreduce plan {spec.describe()}: {relus:,} ReLUs ({how})")
+        if measured:
+            ctx.log(measured.culls(spec.cull))
         progress.note_relus(relus)
 
         student, student_options = build_plan(ctx.model_name, ctx.model_options, info.input_shape, info.num_classes, spec)
@@ -403,6 +406,6 @@ class DeepReDuce(Strategy):
             "init": "teacher weights" if same_architecture else "scratch (architecture differs from the teacher's)",
             "train": dataclasses.asdict(config),
             "best_epoch": result.best_epoch,
-            "criticality": measured.as_details() if measured else None,
+            "criticality": {**measured.as_details(), "culls": list(spec.cull)} if measured else None,
         }
         return Outcome(student, ctx.model_name, student_options, counted, result.best_val_acc, details)
