@@ -109,9 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(budgets) <= 1:
         print(execute(prepared, data=data).summary_line())
         return 0
-    results = execute_budgets(prepared, budgets, data=data)
-    for budget, result in results.items():
-        print(f"budget={budget} " + (f"error: {result}" if isinstance(result, SearchError) else result.summary_line()))
+    results = execute_budgets(prepared, budgets, data=data, on_result=lambda budget, result: print(
+        f"budget={budget} " + (f"error: {result}" if isinstance(result, SearchError) else result.summary_line()), flush=True))
     failed = sum(isinstance(r, SearchError) for r in results.values())
     if failed:
         raise SearchError(f"{failed} of {len(budgets)} budgets were not reached (see their lines above)")

@@ -101,20 +101,26 @@ def execute(
 
 
 def execute_budgets(
-    prepared: Prepared, budgets: list[int], log: Callable[[str], None] = print, data: Dataset | None = None
+    prepared: Prepared, budgets: list[int], log: Callable[[str], None] = print, data: Dataset | None = None,
+    on_result: Callable[[int, Result | SearchError], None] | None = None,
 ) -> dict[int, Result | SearchError]:
     """Run a prepared job once for several budgets (``Strategy.run_budgets``: SNL shares one mask phase
-    among them); each budget's result or the SearchError that stopped it. With ``job.out``, each model is
-    saved to :func:`budget_path`."""
+    among them); each budget's result or the SearchError that stopped it, in the order of ``budgets``.
+    Each result is finished (test accuracy; with ``job.out`` saved to :func:`budget_path`) and handed
+    to ``on_result`` as soon as the strategy has it, before the next budget trains."""
     start = time.perf_counter()
     ctx, teacher_record = _context(prepared, log, data)
-    outcomes = prepared.strategy.run_budgets(ctx, prepared.options, budgets)
-    return {
-        budget: outcome if isinstance(outcome, SearchError) else _finish(
-            prepared, ctx, outcome, budget, str(budget_path(prepared.job.out, budget)) if prepared.job.out else None,
-            teacher_record, start)
-        for budget, outcome in outcomes.items()
-    }
+    results: dict[int, Result | SearchError] = {}
+
+    def finish(budget: int, outcome: Outcome | SearchError) -> None:
+        out = str(budget_path(prepared.job.out, budget)) if prepared.job.out else None
+        results[budget] = outcome if isinstance(outcome, SearchError) else _finish(
+            prepared, ctx, outcome, budget, out, teacher_record, start)
+        if on_result is not None:
+            on_result(budget, results[budget])
+
+    prepared.strategy.run_budgets(ctx, prepared.options, budgets, on_outcome=finish)
+    return {budget: results[budget] for budget in budgets}
 
 
 def budget_path(out: str | Path, budget: int) -> Path:

@@ -19,7 +19,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 # fit()'s label -> phase: what the user sees (the trial lifecycle names these phases).
-_PHASES = {"teacher": "teacher", "criticality": "criticality", "snl-mask": "mask", "snl-finetune": "finetune"}
+# "path": SNL finetuning the snapshot of another budget along the same mask phase (not the trial's own result).
+_PHASES = {"teacher": "teacher", "criticality": "criticality", "snl-mask": "mask", "snl-finetune": "finetune", "snl-path": "path"}
 
 
 def phase_of(label: str) -> str:

@@ -42,7 +42,7 @@ from search.study import cluster, rundir
 from search.study.samplers import SAMPLERS, make_sampler
 from search.study.storage import check_storage, check_study, create_study, open_storage, pareto_trials
 from search.study.timeshare import check_minutes
-from search.study.trial import TrialSpec
+from search.study.trial import PATH_RUNGS, TrialSpec
 from search.teacher import default_cache_dir
 from search.train import teacher_config
 
@@ -127,6 +127,9 @@ def build_parser() -> ArgumentParser:
                         "print what would run, and stop: nothing is written, Ray is not started")
     parser.add_argument("--no-early-stop", action="store_true", help="run every trial to its end: no pruning of targets out of "
                         "reach, no stopping of trials dominated at a rung (see README, Early stopping)")
+    parser.add_argument("--no-path-sharing", action="store_true", help="an SNL trial keeps only its own target; by default "
+                        "it also finetunes the masks it passed at 2x and 4x its target and records each as a trial of its "
+                        "own (see README, Path sharing)")
     parser.add_argument("--no-default-first", action="store_true", help="start a new study from the sampler alone, not "
                         "from each strategy's default recipe (see README, Early stopping)")
     output = parser.add_mutually_exclusive_group()
@@ -259,6 +262,8 @@ def describe_trial(trial: FrozenTrial, names: Sequence[str]) -> str:
     shown = {k.split("/", 1)[-1]: v for k, v in trial.params.items() if k != "strategy"}
     params = ", ".join(f"{k}={_short(used.get(k, v))}" for k, v in shown.items()) or "-"
     head = f"trial {trial.number:>3} {strategy:<12} {params}"
+    if "path_of" in attrs:
+        head += f"  [on trial {attrs['path_of']}'s mask path]"
     if trial.state == TrialState.COMPLETE:
         values = "  ".join(f"{n}={_short(v)}" for n, v in zip(names, trial.values))
         return f"{head}  {values}  test_acc={_short(attrs.get('test_acc'))}  ({attrs.get('seconds', 0):.1f}s)"
@@ -312,7 +317,7 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
         train_options=settings.extra.get("train_options", {}), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None, device=args.device,
         fixed_options=settings.extra.get("fixed_options", {}), timeout_s=args.trial_timeout, memory_mb=args.trial_memory,
-        early_stop=not args.no_early_stop,
+        early_stop=not args.no_early_stop, path_rungs=() if args.no_path_sharing else PATH_RUNGS,
     )
     budget = f"{settings.budget:,}" if settings.budget else "none"
     print(f"study {settings.study_name}: {', '.join(settings.strategies)} on {settings.model}/{settings.dataset} "

@@ -284,7 +284,8 @@ def test_cli_several_budgets_print_a_line_and_save_a_model_each(digits, tmp_path
     proc = _cli("--budget", "10%,25%", "--teacher-epochs", str(TEACHER_EPOCHS), "--set", "finetune_epochs=1", "--out", str(out),
                 cache=isolated_cache)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()[-2:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("budget=")]  # each printed as soon as it is done
+    assert len(lines) == 2 and proc.stdout.index(lines[0]) < proc.stdout.index("snl-path epoch 1/1")
     for line, budget in zip(lines, budgets):
         match = re.fullmatch(rf"budget={budget} relus=(\d+) val_acc=([\d.]+) test_acc=([\d.]+)", line)
         assert match, lines

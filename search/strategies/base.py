@@ -84,6 +84,7 @@ class Strategy(ABC):
     summary: ClassVar[str] = ""
     trains_to_budget: ClassVar[bool] = False
     uses_target: ClassVar[bool] = False  # its suggest() sizes the trial to the study's sampled ``relu_target``
+    shares_path: ClassVar[bool] = False  # run_budgets serves several budgets from one run (a study trial keeps its path)
 
     def default_params(self, dataset: str, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The documented default recipe, given the ``fixed`` options (typed, from ``--set``), as study
@@ -135,14 +136,18 @@ class Strategy(ABC):
     def run(self, ctx: Context, options: Any) -> Outcome:
         """Linearize: return the trained model with its final masks, at most ``ctx.budget`` ReLUs."""
 
-    def run_budgets(self, ctx: Context, options: Any, budgets: list[int]) -> dict[int, Outcome | SearchError]:
-        """Linearize for each of ``budgets``: each result, or the SearchError that stopped it, by budget.
-        This default runs :meth:`run` once per budget; a strategy whose one run passes every budget on
-        its way down (SNL) overrides it to share that run."""
+    def run_budgets(self, ctx: Context, options: Any, budgets: list[int],
+                    on_outcome: Callable[[int, Outcome | SearchError], None] | None = None) -> dict[int, Outcome | SearchError]:
+        """Linearize for each of ``budgets``: each result, or the SearchError that stopped it, by budget,
+        each handed to ``on_outcome`` as soon as it is known (so a caller saves it before the next one
+        trains). This default runs :meth:`run` once per budget; a strategy whose one run passes every
+        budget on its way down (SNL) overrides it to share that run (and sets ``shares_path``)."""
         results: dict[int, Outcome | SearchError] = {}
         for budget in budgets:
             try:
                 results[budget] = self.run(dataclasses.replace(ctx, budget=budget), options)
             except SearchError as err:
                 results[budget] = err
+            if on_outcome is not None:
+                on_outcome(budget, results[budget])
         return results

@@ -312,6 +312,7 @@ class SNL(Strategy):
     name = "snl"
     Options = SNLOptions
     trains_to_budget = True
+    shares_path = True
     uses_target = True
     summary = (
         "Selective Network Linearization (Cho et al. 2022): learn per-pixel or per-channel ReLU masks with "
@@ -360,10 +361,13 @@ class SNL(Strategy):
             raise result
         return result
 
-    def run_budgets(self, ctx: Context, options: SNLOptions, budgets: list[int]) -> dict[int, Outcome | SearchError]:
+    def run_budgets(self, ctx: Context, options: SNLOptions, budgets: list[int],
+                    on_outcome: Callable[[int, Outcome | SearchError], None] | None = None) -> dict[int, Outcome | SearchError]:
         """One mask phase down to the smallest budget, a snapshot of the masks the first time the count
         is within each budget (the masks a run to that budget alone would end with, same seed), then
-        each snapshot binarized and finetuned on its own."""
+        each snapshot binarized and finetuned on its own, in the order of ``budgets``: the first is
+        labelled ``snl-finetune``, the others ``snl-path`` (phase ``path``: points along the same mask
+        path, which a study's rung rule does not judge as the trial's own result)."""
         opts = options.resolved(ctx.data.info.name)
         info = ctx.data.info
         model = build_model(ctx.model_name, num_classes=info.num_classes, input_size=info.input_shape, **ctx.model_options)
@@ -404,7 +408,8 @@ class SNL(Strategy):
         for budget in budgets:
             if budget in phase.snapshots:  # the last one finetunes the model itself, the others a copy
                 student = model if budget == reached[-1] else copy.deepcopy(model)
-                results[budget] = self._finetune(ctx, opts, student, budget, phase.snapshots[budget], teacher, full)
+                label = "snl-finetune" if budget == budgets[0] else "snl-path"
+                results[budget] = self._finetune(ctx, opts, student, budget, phase.snapshots[budget], teacher, full, label)
             elif budget in phase.failures:
                 results[budget] = TargetOutOfReach(phase.failures[budget])
             else:
@@ -413,10 +418,12 @@ class SNL(Strategy):
                     f"snl did not reach the budget of {budget:,} ReLUs in max_epochs={opts.max_epochs} epochs "
                     f"(still {last:,}, lambda {lasso.lam:.3g}); raise max_epochs, lam, kappa or lr"
                 )
+            if on_outcome is not None:
+                on_outcome(budget, results[budget])
         return results
 
     def _finetune(self, ctx: Context, opts: SNLOptions, model: nn.Module, budget: int, snapshot: _Snapshot,
-                  teacher: nn.Module, full: int) -> Outcome:
+                  teacher: nn.Module, full: int, label: str) -> Outcome:
         """Binarize the masks of ``snapshot`` (exactly ``budget`` ReLUs, or those above epsilon) and finetune with KD."""
         info = ctx.data.info
         model.load_state_dict(snapshot.state)
@@ -446,7 +453,7 @@ class SNL(Strategy):
         ))
         if finetune_config.epochs:
             result = fit(model, ctx.data, finetune_config, ctx.device, teacher=teacher, select_best=True,
-                         log=ctx.log, label="snl-finetune")
+                         log=ctx.log, label=label)
             val_acc = result.best_val_acc
         else:
             val_acc = evaluate(model, Loader(ctx.data.val, info, 512, ctx.device))

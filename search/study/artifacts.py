@@ -32,12 +32,16 @@ class ArtifactStore:
         with open(path, "a", encoding="utf-8") as log:
             log.write(text)
 
-    def save(self, number: int, model: bytes | None, log: str, result: dict[str, Any]) -> None:
-        """Write trial ``number``'s model (when it produced one), its log, then its result."""
+    def save(self, number: int, models: dict[str, bytes], log: str, result: dict[str, Any]) -> None:
+        """Write trial ``number``'s models (by file name: ``model.pt``, ``model-<B>.pt`` of its mask
+        path), its log, then its result; a model already on disk is not written again (a trial saves
+        each result as it finishes, then everything at its end)."""
         model_path = trial_model_path(self.run_dir, number)
         model_path.parent.mkdir(parents=True, exist_ok=True)
-        if model is not None:
-            write_atomic(model_path, model)
+        for name, model in models.items():
+            path = model_path.with_name(name)
+            if not path.is_file() or path.stat().st_size != len(model):
+                write_atomic(path, model)
         write_atomic(model_path.with_name("log.txt"), log.encode())  # the whole log, over what append_log wrote
         write_atomic(model_path.with_name(RESULT_FILE), json.dumps(result, default=str).encode())
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search.study.trial import ProgressSink, TrialSpec, blank_metrics, run_one
+from search.study.trial import PartialSink, ProgressSink, TrialSpec, blank_metrics, run_one
 
 WATCH_INTERVAL_S = 0.1
 _MEMORY_EXIT = 3  # the child's exit code when its watchdog stopped it
@@ -44,10 +44,12 @@ def memory_reason(peak_mb: float, limit_mb: int) -> str:
 
 
 def run_limited(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str = "",
-                on_progress: ProgressSink | None = None) -> tuple[dict[str, Any], bytes | None]:
+                on_progress: ProgressSink | None = None, on_partial: PartialSink | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Like :func:`search.study.trial.run_one`, in a child process held to ``spec.timeout_s`` and
     ``spec.memory_mb``; the child's progress reaches ``on_progress`` as it happens (the child appends
-    it to a file this process polls). Never raises."""
+    it to a file this process polls). A result the child finished before the rest of its trial (its
+    mask path) is in its folder at once (``on_partial`` is unused here): a trial stopped by a limit
+    afterwards still returns it. Never raises."""
     with tempfile.TemporaryDirectory(prefix="search-limited-") as tmp:
         folder = Path(tmp)
         (folder / "in.json").write_text(json.dumps({"spec": dataclasses.asdict(spec), "decided": decided, "node_ip": node_ip}))
@@ -72,8 +74,9 @@ def run_limited(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], 
         if out.is_file():
             result = json.loads(out.read_text())
             log_lines.extend(result["log"])
-            model = folder / "model.pt"
-            return result["metrics"], model.read_bytes() if model.is_file() else None
+            if timed_out:
+                log_lines.append(time_reason(spec.timeout_s or 0) + " after the trial's own result was saved")
+            return result["metrics"], {path.name: path.read_bytes() for path in folder.glob("model*.pt")}
         metrics = blank_metrics(spec)
         metrics.update(strategy=decided["strategy"], node_ip=node_ip, seconds=time.perf_counter() - start,
                        options=json.dumps({**decided["options"], **spec.fixed_options.get(decided["strategy"], {})}, sort_keys=True, default=str))
@@ -84,7 +87,7 @@ def run_limited(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], 
             metrics["reason"] = f"the trial process died with exit code {child.returncode} {last[0]}".rstrip()
             log_lines.append(stderr.decode(errors="replace"))
         log_lines.append(metrics["reason"])
-        return metrics, None
+        return metrics, {}
 
 
 def _watch_memory(limit_mb: int, folder: Path, spec: TrialSpec, decided: dict[str, Any], node_ip: str, log_lines: list[str], start: float) -> None:
@@ -92,6 +95,8 @@ def _watch_memory(limit_mb: int, folder: Path, spec: TrialSpec, decided: dict[st
     while True:
         peak = peak_rss_mb()
         if peak > limit_mb:
+            if (folder / "out.json").is_file():  # a result the trial finished first (its mask path's target) stays
+                os._exit(_MEMORY_EXIT)
             metrics = blank_metrics(spec)
             metrics.update(strategy=decided["strategy"], node_ip=node_ip, seconds=time.perf_counter() - start,
                            reason=memory_reason(peak, limit_mb))
@@ -143,6 +148,14 @@ def _write_result(folder: Path, metrics: dict[str, Any], log_lines: list[str]) -
     os.replace(tmp, folder / "out.json")
 
 
+def _write_models_and_result(folder: Path, metrics: dict[str, Any], models: dict[str, bytes], log_lines: list[str]) -> None:
+    for name, model in models.items():
+        if not (folder / name).is_file():
+            (folder / f"{name}.tmp").write_bytes(model)
+            os.replace(folder / f"{name}.tmp", folder / name)
+    _write_result(folder, metrics, log_lines)
+
+
 def _child(folder: Path) -> None:
     start = time.perf_counter()
     given = json.loads((folder / "in.json").read_text())
@@ -152,10 +165,10 @@ def _child(folder: Path) -> None:
     if spec.memory_mb:
         threading.Thread(target=_watch_memory, args=(spec.memory_mb, folder, spec, given["decided"], given["node_ip"], lines, start),
                          daemon=True).start()
-    metrics, payload = run_one(spec, given["decided"], lines, given["node_ip"], on_progress=lambda event, new: _append_event(folder, event, new))
-    if payload is not None:
-        (folder / "model.pt").write_bytes(payload)
-    _write_result(folder, metrics, lines)
+    metrics, models = run_one(spec, given["decided"], lines, given["node_ip"],
+                              on_progress=lambda event, new: _append_event(folder, event, new),
+                              on_partial=lambda partial, finished: _write_models_and_result(folder, partial, finished, lines))
+    _write_models_and_result(folder, metrics, models, lines)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ RUNNING forever when a value is NaN or missing, knows nothing of why a trial fai
 a trial which Optuna trial it is. This subclass (checked against Ray 2.60's source):
 
 - passes each trial its Optuna trial number, strategy and options (``config["_trial"]``);
-- records every finished trial itself (:func:`search.study.storage.record`): COMPLETE with values,
+- records every finished trial itself (:func:`search.study.storage.record`), and the points of an SNL
+  trial's mask path as trials of their own: COMPLETE with values,
   PRUNED when the plan was over the ReLU budget (never in the Pareto front), FAIL with
   ``fail_reason``, and the user attributes of ``search.study.rundir.TRIAL_ATTRS``; a constraint
   ``relus - budget`` (Optuna's ``set_constraint``) lets the sampler learn where the budget lies; a
@@ -37,12 +38,9 @@ from search.strategies import Strategy
 from search.study.artifacts import read_result
 from search.study.storage import INTERRUPTED, STORAGE_ERRORS, fail, fault_reason, record, store_curve
 from search.study.timeshare import TimeShare
-from search.study.trial import TRIAL_KEY
+from search.study.trial import TARGET_PARAM, TRIAL_KEY
 
 CRASHED = "the trial's Ray worker died (see the Ray logs of the run)"
-
-
-TARGET_PARAM = "relu_target"
 
 
 class PinnedTrial:
@@ -211,10 +209,11 @@ class StudySearcher(OptunaSearch):
         elif status in (None, "running"):  # Tune stopped it, or its worker died: did it save a result?
             result = read_result(self._run_dir, trial.number)
         try:
+            path: list[FrozenTrial] = []
             if result is None:
                 fail(self._ot_study, trial, CRASHED if error else INTERRUPTED)
             else:
-                record(self._ot_study, trial, result, [o.name for o in self._objectives], self._budget)
+                path = record(self._ot_study, trial, result, [o.name for o in self._objectives], self._budget)
             stored = self._ot_study._storage.get_trial(trial._trial_id)
         except STORAGE_ERRORS as err:
             self._storage_fault(err)
@@ -223,6 +222,8 @@ class StudySearcher(OptunaSearch):
         if result is not None and result.get("storage_error"):
             self.fault = f"cannot write trial {trial.number}'s files in {self._run_dir}: {result['storage_error']}"
         self._on_recorded(stored)
+        for point in path:
+            self._on_recorded(point)
         if self._share is not None:
             self._log(self._share.summary(self._ot_study))
 

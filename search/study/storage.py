@@ -27,6 +27,7 @@ from search.objectives import Objective, pareto_front
 from search.outputs import check_writable_dir
 from search.study.artifacts import read_result
 from search.study.rundir import storage_file
+from search.study.trial import TARGET_PARAM
 
 INTERRUPTED = "interrupted before it finished (rerun by --resume)"
 NUMERIC_ATTRS = ("relus", "val_acc", "test_acc", "latency_s", "communication_mb", "seconds", "compute_seconds",
@@ -187,39 +188,72 @@ def store_curve(study: optuna.Study, trial_id: int, curve: str | None) -> None:
         study._storage.set_trial_intermediate_value(trial_id, int(step), float(value))
 
 
-def record(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any], objectives: Sequence[str], budget: int | None) -> None:
-    """Store a trial's reported ``result``: COMPLETE with its objective values, PRUNED when its plan
-    was over the budget (``infeasible``), FAIL with ``fail_reason`` otherwise; with every user attribute
-    of ``search.study.rundir.TRIAL_ATTRS`` it has and the rest of its learning curve."""
-    store_curve(study, trial._trial_id, result.get("curve"))
+def result_attrs(result: dict[str, Any]) -> dict[str, Any]:
+    """The user attributes a reported ``result`` gives its trial (``search.study.rundir.TRIAL_ATTRS``)."""
+    attrs: dict[str, Any] = {}
     for key in NUMERIC_ATTRS:
         value = result.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):
-            trial.set_user_attr(key, int(value) if key in COUNT_ATTRS else float(value))
-    for key in ("model_path", "node_ip"):
-        if result.get(key):
-            trial.set_user_attr(key, result[key])
-    trial.set_user_attr("options", json.loads(result.get("options") or "{}"))
+            attrs[key] = int(value) if key in COUNT_ATTRS else float(value)
+    attrs.update({key: result[key] for key in ("model_path", "node_ip") if result.get(key)})
+    attrs["options"] = json.loads(result.get("options") or "{}")
     if result.get("details", "{}") != "{}":
-        trial.set_user_attr("details", json.loads(result["details"]))
-    trial.set_user_attr("feasible", bool(result.get("feasible")))
+        attrs["details"] = json.loads(result["details"])
+    attrs["feasible"] = bool(result.get("feasible"))
+    return attrs
+
+
+def record(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any], objectives: Sequence[str],
+           budget: int | None) -> list[FrozenTrial]:
+    """Store a trial's reported ``result``: COMPLETE with its objective values, PRUNED when its plan
+    was over the budget (``infeasible``), FAIL with ``fail_reason`` otherwise; with every user attribute
+    of ``search.study.rundir.TRIAL_ATTRS`` it has and the rest of its learning curve. The points of its
+    mask path (``result["path"]``) become trials of their own (:func:`record_path`), returned."""
+    store_curve(study, trial._trial_id, result.get("curve"))
+    for key, value in result_attrs(result).items():
+        trial.set_user_attr(key, value)
     relus = result.get("relus")
     if budget is not None and isinstance(relus, (int, float)) and math.isfinite(relus):
         trial.set_constraint("relus_over_budget", float(relus) - budget)
+    values = [result.get(name) for name in objectives]
     if result.get("status") == "infeasible":
         trial.set_user_attr("infeasible_reason", result.get("reason", ""))
         study.tell(trial, state=TrialState.PRUNED)
-        return
-    if result.get("status") == "pruned":  # stopped early: its target was out of reach, or it was dominated
+    elif result.get("status") == "pruned":  # stopped early: its target was out of reach, or it was dominated
         prune(study, trial, result.get("reason") or "stopped early")
-        return
-    values = [result.get(name) for name in objectives]
-    if result.get("status") != "ok":
+    elif result.get("status") != "ok":
         fail(study, trial, result.get("reason") or "failed without a reason")
     elif not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
         fail(study, trial, f"objective values are not all finite numbers: {values}")
     else:
         study.tell(trial, [float(v) for v in values])  # type: ignore[arg-type]
+    return record_path(study, trial, result, objectives, budget)
+
+
+def record_path(study: optuna.Study, parent: optuna.Trial, result: dict[str, Any], objectives: Sequence[str],
+                budget: int | None) -> list[FrozenTrial]:
+    """Each point of the parent's mask path as a COMPLETE trial: the parent's parameters with the
+    target set to the point's budget (the run that trial would be: same seed, same masks, see
+    ``SNL.run_budgets``), its own values and files, ``path_of`` the parent's number and no compute
+    time of its own (the parent's covers it)."""
+    points = json.loads(result.get("path") or "[]")
+    if not points:
+        return []
+    parent_frozen = study._storage.get_trial(parent._trial_id)
+    added = []
+    for point in points:
+        params = dict(parent_frozen.params)
+        if TARGET_PARAM in params:
+            params[TARGET_PARAM] = int(point["budget"])
+        attrs = {**result_attrs(point), "strategy": parent_frozen.user_attrs.get("strategy"), "path_of": parent_frozen.number,
+                 "options": parent_frozen.user_attrs.get("options", {}), "compute_seconds": 0.0}
+        constraints = {"relus_over_budget": float(point["relus"]) - budget} if budget is not None else None
+        template = optuna.trial.create_trial(params=params, distributions=parent_frozen.distributions,
+                                             values=[float(point[name]) for name in objectives], user_attrs=attrs,
+                                             constraints=constraints)
+        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+        added.append(study._storage.get_trial(trial_id))
+    return added
 
 
 def prune(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
@@ -267,7 +301,8 @@ def settle_running(study: optuna.Study, run_dir: Path, objectives: Sequence[str]
 
 
 def remaining_trials(study: optuna.Study, total: int) -> int:
-    return max(0, total - sum(finished(t) for t in study.get_trials(deepcopy=False)))
+    """Trials still to run for ``total``: the points of a trial's mask path (``path_of``) do not count."""
+    return max(0, total - sum(finished(t) and "path_of" not in t.user_attrs for t in study.get_trials(deepcopy=False)))
 
 
 def existing_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:

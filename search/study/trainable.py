@@ -98,14 +98,25 @@ def make_trainable(spec: TrialSpec, store: Any):  # type: ignore[no-untyped-def]
                 event = {**event, "compute_seconds": time.perf_counter() - wall}
             tune.report({**running, **event})
 
+        def spent() -> float:
+            return time.perf_counter() - wall if on_gpu else _cpu_seconds() - cpu
+
+        def save_partial(partial: dict[str, Any], models: dict[str, bytes]) -> None:
+            """A result finished while the trial goes on (its mask path): on disk before the next trains."""
+            try:
+                ray.get(store.save.remote(number, models, "\n".join(lines) + "\n",
+                                          {**partial, "compute_seconds": spent(), "progress_seconds": relay.seconds}))
+            except ray.exceptions.RayError as err:  # a full or read-only disk: the final save reports it to the searcher
+                lines.append(f"could not save the finished result before the rest of the trial: {err}")
+
         relay = ProgressRelay(report, lambda text: store.append_log.remote(number, text), spec.early_stop)
         run = run_limited if spec.timeout_s or spec.memory_mb else run_one
-        metrics, payload = run(spec, decided, lines, running["node_ip"], on_progress=relay)
-        metrics["compute_seconds"] = time.perf_counter() - wall if on_gpu else _cpu_seconds() - cpu
+        metrics, models = run(spec, decided, lines, running["node_ip"], on_progress=relay, on_partial=save_partial)
+        metrics["compute_seconds"] = spent()
         metrics["progress_seconds"] = relay.seconds
         metrics["curve"] = relay.unreported()
         try:  # the result reaches the run directory before Tune hears of it: nothing finished is lost
-            ray.get(store.save.remote(number, payload, "\n".join(lines) + "\n", metrics))
+            ray.get(store.save.remote(number, models, "\n".join(lines) + "\n", metrics))
         except Exception as err:  # a full or read-only disk at the driver: the searcher stops the study
             cause = getattr(err, "cause", None) or err
             metrics.update(storage_error=str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__,

@@ -25,13 +25,19 @@ from typing import Any
 
 from search import progress
 from search.data import Dataset, dataset_info, load_dataset
+from search.errors import SearchError
 from search.objectives import cost_model, objectives
-from search.pipeline import Job, execute, prepare
+from search.pipeline import Job, Prepared, Result, budget_path, execute, execute_budgets, prepare
 from search.relu import relu_count
 from search.strategies import PlanNeedsTraining, TargetOutOfReach
 from search.study.rundir import trial_model_path
 
 TRIAL_KEY = "_trial"  # config key holding what the searcher decided for this trial
+TARGET_PARAM = "relu_target"  # the study parameter a budget-driven strategy's trial trains down to
+MODEL_FILE = "model.pt"
+# An SNL trial keeps its masks at 2x and 4x its target too (within the cap) and finetunes each: its
+# one mask phase passes them on its way down, so they cost a finetune each, not a trial.
+PATH_RUNGS = (2, 4)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class TrialSpec:
     timeout_s: float | None = None  # wall-clock limit of one trial (search.study.limits)
     memory_mb: int | None = None  # peak resident memory limit of one trial (search.study.limits)
     early_stop: bool = True  # a strategy training to a target may stop once it is out of reach (PRUNED)
+    path_rungs: tuple[int, ...] = PATH_RUNGS  # () turns path sharing off (--no-path-sharing)
 
 
 @functools.lru_cache(maxsize=2)
@@ -70,25 +77,28 @@ def blank_metrics(spec: TrialSpec) -> dict[str, Any]:
     metrics.update(
         status="failed", reason="", strategy="", options="{}", details="{}", relus=nan, val_acc=nan, test_acc=nan,
         latency_s=nan, communication_mb=nan, seconds=nan, compute_seconds=nan, progress_seconds=nan, feasible=False, model_path="", node_ip="",
-        storage_error="", phase="", epoch=0, epochs=0, elapsed_s=nan, eta_s=nan, step=0, open_ended=False, curve="[]",
+        storage_error="", path="[]", phase="", epoch=0, epochs=0, elapsed_s=nan, eta_s=nan, step=0, open_ended=False, curve="[]",
         teacher_val_acc=nan, teacher_test_acc=nan, val_images=nan, test_images=nan,
     )
     return metrics
 
 
 ProgressSink = Callable[[dict[str, Any], list[str]], None]  # (a progress event's fields, log lines since the last call)
+PartialSink = Callable[[dict[str, Any], dict[str, bytes]], None]  # (metrics so far, models so far by file name)
 
 
 def run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str = "",
-            on_progress: ProgressSink | None = None) -> tuple[dict[str, Any], bytes | None]:
+            on_progress: ProgressSink | None = None, on_partial: PartialSink | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Run the trial the searcher ``decided`` on the node ``node_ip``; returns (metrics, the saved
-    model's bytes or None). ``on_progress`` hears every finished epoch (with the CPU time of this
-    process so far as ``compute_seconds``), with the log lines written since the previous one.
+    models' bytes by file name: ``model.pt``, and ``model-<B>.pt`` per path budget). ``on_progress``
+    hears every finished epoch (with the CPU time of this process so far as ``compute_seconds``), with
+    the log lines written since the previous one; ``on_partial`` hears (metrics, models) each time a
+    result is finished while more of the trial remains (its path budgets), so it can be saved first.
 
     Never raises: a failure is a ``failed`` status with its reason.
     """
     if on_progress is None:
-        return _run_one(spec, decided, log_lines, node_ip)
+        return _run_one(spec, decided, log_lines, node_ip, on_partial)
     sent, cpu = 0, time.process_time()
 
     def forward(event: progress.Progress) -> None:
@@ -98,10 +108,11 @@ def run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node
         on_progress({**dataclasses.asdict(event), "compute_seconds": time.process_time() - cpu}, new)
 
     with progress.listening(forward):
-        return _run_one(spec, decided, log_lines, node_ip)
+        return _run_one(spec, decided, log_lines, node_ip, on_partial)
 
 
-def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str) -> tuple[dict[str, Any], bytes | None]:
+def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], node_ip: str,
+             on_partial: PartialSink | None) -> tuple[dict[str, Any], dict[str, bytes]]:
     strategy, number = decided["strategy"], int(decided["number"])
     metrics = blank_metrics(spec)
     used = {**decided["options"], **spec.fixed_options.get(strategy, {})}
@@ -110,7 +121,7 @@ def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], nod
     log = log_lines.append
     if decided.get("error"):
         metrics.update(reason=decided["error"], seconds=0.0)
-        return metrics, None
+        return metrics, {}
     try:
         job = Job(
             strategy=strategy, dataset=spec.dataset, model=spec.model, budget=spec.budget,
@@ -132,40 +143,93 @@ def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], nod
                 metrics.update(status="infeasible", relus=count, seconds=time.perf_counter() - start,
                                reason=f"plan has {count:,} ReLUs, over the budget of {spec.budget:,}")
                 log(metrics["reason"])
-                return _with_objectives(metrics, spec), None
+                return _with_objectives(metrics, spec), {}
+        data = _dataset(spec.dataset, spec.data_dir)
+        shared = prepared.strategy.shares_path and job.budget is not None
+        rungs = path_budgets(job.budget, spec.budget or prepared.full_relus, spec.path_rungs) if shared else []  # type: ignore[arg-type]
         with tempfile.TemporaryDirectory(prefix="search-trial-") as tmp:
-            job.out = str(Path(tmp) / "model.pt")
-            data = _dataset(spec.dataset, spec.data_dir)
+            job.out = str(Path(tmp) / MODEL_FILE)
+            if rungs:
+                return _run_path(spec, prepared, data, [job.budget, *rungs], metrics, number, start, log, on_partial)  # type: ignore[list-item]
             result = execute(prepared, log=log, data=data)
-            payload = Path(job.out).read_bytes()
-        relus = result.outcome.relus
-        cost = cost_model(spec.cost_model)
-        metrics.update(
-            status="ok", relus=relus, val_acc=result.outcome.val_acc, test_acc=result.test_acc,
-            latency_s=cost.latency_s(relus), communication_mb=cost.communication_mb(relus), feasible=True,
-            seconds=time.perf_counter() - start,
-            model_path=trial_model_path(Path(), number).as_posix(),
-            details=json.dumps(result.outcome.details, sort_keys=True, default=str),
-            # The report's baseline and intervals: the full-ReLU teacher (when the strategy fetched it) and split sizes.
-            teacher_val_acc=result.teacher.get("val_acc", math.nan), teacher_test_acc=result.teacher.get("test_acc", math.nan),
-            val_images=len(data.val), test_images=len(data.test),
-        )
-        _with_objectives(metrics, spec)
-        bad = [name for name in spec.objectives if not math.isfinite(metrics[name])]
-        if bad:
-            metrics.update(status="failed", feasible=False, model_path="", reason=f"objective {bad[0]} is not a finite number ({metrics[bad[0]]})")
+            models = {MODEL_FILE: Path(job.out).read_bytes()}
+        metrics.update(_result_fields(result, spec, data, number, MODEL_FILE), seconds=time.perf_counter() - start)
+        if metrics["status"] != "ok":
             log(metrics["reason"])
-            return metrics, None
-        return metrics, payload
+            return metrics, {}
+        return metrics, models
     except TargetOutOfReach as err:  # stopped early, on purpose: PRUNED, not FAILED
         log(str(err))
         metrics.update(status="pruned", reason=str(err), seconds=time.perf_counter() - start)
-        return metrics, None
+        return metrics, {}
     except Exception as err:  # a strategy's bug or bad sample: record it, keep the study going
         log(traceback.format_exc())
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         metrics.update(status="failed", reason=f"{type(err).__name__}: {first}".rstrip(": "), seconds=time.perf_counter() - start)
-        return metrics, None
+        return metrics, {}
+
+
+def path_budgets(target: int, cap: int, rungs: tuple[int, ...]) -> list[int]:
+    """The larger budgets an SNL trial also keeps along its own mask path: ``target`` times each of
+    ``rungs`` (default :data:`PATH_RUNGS`), those within ``cap`` (the study's budget or full count)."""
+    return sorted({target * m for m in rungs if target * m <= cap and m > 1})
+
+
+def _result_fields(result: Result, spec: TrialSpec, data: Dataset, number: int, model_file: str) -> dict[str, Any]:
+    """A finished result as report fields: status ok with its objectives, or failed when an objective
+    is not a finite number."""
+    relus = result.outcome.relus
+    cost = cost_model(spec.cost_model)
+    fields: dict[str, Any] = {
+        "status": "ok", "reason": "", "relus": relus, "val_acc": result.outcome.val_acc, "test_acc": result.test_acc,
+        "latency_s": cost.latency_s(relus), "communication_mb": cost.communication_mb(relus), "feasible": True,
+        "model_path": trial_model_path(Path(), number).with_name(model_file).as_posix(),
+        "details": json.dumps(result.outcome.details, sort_keys=True, default=str),
+        # The report's baseline and intervals: the full-ReLU teacher (when the strategy fetched it) and split sizes.
+        "teacher_val_acc": result.teacher.get("val_acc", math.nan), "teacher_test_acc": result.teacher.get("test_acc", math.nan),
+        "val_images": len(data.val), "test_images": len(data.test),
+    }
+    _with_objectives(fields, spec)
+    bad = [name for name in spec.objectives if not math.isfinite(fields[name])]
+    if bad:
+        fields.update(status="failed", feasible=False, model_path="", reason=f"objective {bad[0]} is not a finite number ({fields[bad[0]]})")
+    return fields
+
+
+def _run_path(spec: TrialSpec, prepared: Prepared, data: Dataset, budgets: list[int], metrics: dict[str, Any], number: int,
+              start: float, log: Callable[[str], None], on_partial: PartialSink | None) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """One mask phase for the trial's target and its path budgets (``budgets[0]`` is the target). The
+    target's result is the trial's; each path budget's finished result goes into ``metrics["path"]``
+    (recorded as a trial of its own by :func:`search.study.storage.record`). Every result reaches
+    ``on_partial`` as soon as it is finished, before the next budget trains."""
+    target, models, path = budgets[0], {}, []
+
+    def on_result(budget: int, result: Result | SearchError) -> None:
+        out = budget_path(prepared.job.out, budget)  # type: ignore[arg-type]
+        if budget == target and isinstance(result, TargetOutOfReach):
+            log(str(result))
+            metrics.update(status="pruned", reason=str(result))
+        elif budget == target and isinstance(result, SearchError):
+            log(str(result))
+            metrics.update(status="failed", reason=f"SearchError: {str(result).splitlines()[0]}")
+        elif budget == target:
+            metrics.update(_result_fields(result, spec, data, number, MODEL_FILE))
+            if metrics["status"] == "ok":
+                models[MODEL_FILE] = out.read_bytes()
+        elif isinstance(result, SearchError):
+            log(f"path budget {budget:,}: {result}")
+        else:
+            name = f"{Path(MODEL_FILE).stem}-{budget}{Path(MODEL_FILE).suffix}"
+            point = {**_result_fields(result, spec, data, number, name), "budget": budget, "seconds": result.seconds}
+            if point["status"] == "ok":
+                path.append(point)
+                models[name] = out.read_bytes()
+        metrics.update(path=json.dumps(path, default=str), seconds=time.perf_counter() - start)
+        if on_partial is not None:
+            on_partial(metrics, models)
+
+    execute_budgets(prepared, budgets, log=log, data=data, on_result=on_result)
+    return metrics, models
 
 
 def _with_objectives(metrics: dict[str, Any], spec: TrialSpec) -> dict[str, Any]:
