@@ -3,8 +3,8 @@
 Two arms of the same SNL study, as a user runs it (``search.run``), same seed, data and compute share
 (``--minutes-per-strategy``), one after the other in one benchmark run, for each seed:
 
-    on:   python -m search.run --strategy snl ...                       (the default: path sharing)
-    off:  python -m search.run --strategy snl ... --no-path-sharing
+    on:   python -m search.run --strategy snl ... --path-sharing
+    off:  python -m search.run --strategy snl ...                       (the default)
 
 on digits (embedded) and optionally on the CIFAR-10 subset (resnet18 at ``--width``, the short
 schedules of ``bench_compare_cifar10``, the teacher trained first so that no arm pays for it). The
@@ -32,7 +32,7 @@ from benchmarks.bench_early_stop import Arm, compare, print_tables, read_arm
 from benchmarks.common import machine, stream
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ARMS = {"on": [], "off": ["--no-path-sharing"]}
+ARMS = {"on": ["--path-sharing"], "off": []}
 
 
 def run_arms(dataset: str, seed: int, args: argparse.Namespace, root: Path) -> dict[str, Arm]:

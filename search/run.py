@@ -127,9 +127,9 @@ def build_parser() -> ArgumentParser:
                         "print what would run, and stop: nothing is written, Ray is not started")
     parser.add_argument("--no-early-stop", action="store_true", help="run every trial to its end: no pruning of targets out of "
                         "reach, no stopping of trials dominated at a rung (see README, Early stopping)")
-    parser.add_argument("--no-path-sharing", action="store_true", help="an SNL trial keeps only its own target; by default "
-                        "it also finetunes the masks it passed at 2x and 4x its target and records each as a trial of its "
-                        "own (see README, Path sharing)")
+    parser.add_argument("--path-sharing", action="store_true", help="an SNL trial also finetunes the masks it passed at 2x "
+                        "and 4x its target and records each as a trial of its own; pays where the mask phase costs more than "
+                        "a finetune (see README, Path sharing)")
     parser.add_argument("--no-default-first", action="store_true", help="start a new study from the sampler alone, not "
                         "from each strategy's default recipe (see README, Early stopping)")
     output = parser.add_mutually_exclusive_group()
@@ -317,7 +317,7 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
         train_options=settings.extra.get("train_options", {}), data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None, device=args.device,
         fixed_options=settings.extra.get("fixed_options", {}), timeout_s=args.trial_timeout, memory_mb=args.trial_memory,
-        early_stop=not args.no_early_stop, path_rungs=() if args.no_path_sharing else PATH_RUNGS,
+        early_stop=not args.no_early_stop, path_rungs=PATH_RUNGS if args.path_sharing else (),
     )
     budget = f"{settings.budget:,}" if settings.budget else "none"
     print(f"study {settings.study_name}: {', '.join(settings.strategies)} on {settings.model}/{settings.dataset} "

@@ -1,5 +1,5 @@
-"""Path sharing: an SNL trial keeps the masks it passes at 2x and 4x its target, finetunes each after
-its own result is saved, and the study records each as a finished trial of its own."""
+"""Path sharing (``--path-sharing``): an SNL trial keeps the masks it passes at 2x and 4x its target,
+finetunes each after its own result is saved, and the study records each as a finished trial of its own."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def test_path_budgets_are_the_rungs_within_the_cap() -> None:
 
 
 def test_each_result_is_handed_over_before_the_next_budget_trains(tmp_path: Path) -> None:
-    spec = TrialSpec("digits", "resnet_tiny", {}, None, ("accuracy", "relus"), "delphi", teacher_epochs=2, cache_dir=str(tmp_path))
+    spec = TrialSpec("digits", "resnet_tiny", {}, None, ("accuracy", "relus"), "delphi", teacher_epochs=2, cache_dir=str(tmp_path),
+                     path_rungs=PATH_RUNGS)
     decided = {"strategy": "snl", "options": {"finetune_epochs": 2}, "number": 0, "target": 460}
     lines: list[str] = []
     saved: list[tuple[dict, list[str], int]] = []  # (metrics, model files, log lines so far) at each hand-over
@@ -58,7 +59,7 @@ def test_each_result_is_handed_over_before_the_next_budget_trains(tmp_path: Path
 
 def test_a_study_records_the_path_as_trials_of_their_own(tmp_path: Path, cache: list[str]) -> None:
     run_dir = tmp_path / "run"
-    done = run(["--strategy", "snl", "--trials", "2", "--run-dir", str(run_dir), *FAST, *cache], timeout=400)
+    done = run(["--strategy", "snl", "--trials", "2", "--path-sharing", "--run-dir", str(run_dir), *FAST, *cache], timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     settings, study = load(run_dir)
     trials = study.get_trials()
@@ -83,9 +84,9 @@ def test_a_study_records_the_path_as_trials_of_their_own(tmp_path: Path, cache: 
         assert f"trial {trial.number:>3} snl" in done.stdout and f"[on trial {parent.number}'s mask path]" in done.stdout
 
 
-def test_no_path_sharing_keeps_only_the_target(tmp_path: Path, cache: list[str]) -> None:
+def test_without_path_sharing_a_trial_keeps_only_its_target(tmp_path: Path, cache: list[str]) -> None:
     run_dir = tmp_path / "run"
-    done = run(["--strategy", "snl", "--trials", "1", "--no-path-sharing", "--run-dir", str(run_dir), *FAST, *cache], timeout=400)
+    done = run(["--strategy", "snl", "--trials", "1", "--run-dir", str(run_dir), *FAST, *cache], timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = load(run_dir)[1].get_trials()
     assert len(trials) == 1 and "path_of" not in trials[0].user_attrs

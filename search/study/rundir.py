@@ -7,6 +7,7 @@ Layout::
       run.json          RunSettings: what was asked for, versions, the study's name and storage
       study.db          Optuna storage (SQLite) unless --storage points elsewhere
       trials/<n>/model.pt   the linearized model of trial n (search.checkpoint format)
+      trials/<n>/model-<B>.pt  for an SNL trial with path sharing, the model at each path budget B
       trials/<n>/log.txt    what trial n printed (training lines, a failure's traceback)
       trials/<n>/result.json  what trial n reported, written before Ray Tune hears of it: a trial whose
                         result never reached the storage (driver killed, Ctrl-C, storage fault) is
@@ -35,7 +36,10 @@ for a PRUNED trial stopped early (its target out of reach, or dominated at a run
 on a trial rerunning one that a killed run interrupted (that one is FAIL with ``fail_reason``
 ``interrupted ...``). A completed trial also records ``val_images`` and ``test_images`` (the sizes of
 the splits its accuracies were measured on) and, where its strategy fetched the full-ReLU teacher,
-``teacher_val_acc`` and ``teacher_test_acc`` (the teacher's accuracies: the report's baseline). With a budget, every recorded trial carries the Optuna constraint
+``teacher_val_acc`` and ``teacher_test_acc`` (the teacher's accuracies: the report's baseline). A
+trial recorded from another trial's mask path (path sharing, :func:`search.study.storage.record_path`)
+carries ``path_of``, that trial's number, and ``compute_seconds`` 0. With a budget, every recorded
+trial carries the Optuna constraint
 ``relus_over_budget`` = relus - budget (feasible when <= 0).
 
 Trial parameters: ``strategy`` (when the study has several), ``relu_target`` (the ReLU count that
@@ -82,6 +86,7 @@ TRIAL_ATTRS = (
     "infeasible_reason",
     "prune_reason",
     "rerun_of",
+    "path_of",
     "teacher_val_acc",
     "teacher_test_acc",
     "val_images",

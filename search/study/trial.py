@@ -35,8 +35,8 @@ from search.study.rundir import trial_model_path
 TRIAL_KEY = "_trial"  # config key holding what the searcher decided for this trial
 TARGET_PARAM = "relu_target"  # the study parameter a budget-driven strategy's trial trains down to
 MODEL_FILE = "model.pt"
-# An SNL trial keeps its masks at 2x and 4x its target too (within the cap) and finetunes each: its
-# one mask phase passes them on its way down, so they cost a finetune each, not a trial.
+# With --path-sharing an SNL trial keeps its masks at 2x and 4x its target too (within the cap) and
+# finetunes each: its one mask phase passes them on its way down, so they cost a finetune each, not a trial.
 PATH_RUNGS = (2, 4)
 
 
@@ -61,7 +61,7 @@ class TrialSpec:
     timeout_s: float | None = None  # wall-clock limit of one trial (search.study.limits)
     memory_mb: int | None = None  # peak resident memory limit of one trial (search.study.limits)
     early_stop: bool = True  # a strategy training to a target may stop once it is out of reach (PRUNED)
-    path_rungs: tuple[int, ...] = PATH_RUNGS  # () turns path sharing off (--no-path-sharing)
+    path_rungs: tuple[int, ...] = ()  # PATH_RUNGS with --path-sharing
 
 
 @functools.lru_cache(maxsize=2)
