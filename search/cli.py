@@ -76,7 +76,8 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model name (default: the dataset's default model)")
+    parser.add_argument("--model", help="a model name (python -m search.inspect --list shows them) or your own "
+                        "model's factory as package.module:factory (default: the dataset's default model)")
     parser.add_argument(
         "--set",
         dest="sets",
