@@ -1,18 +1,22 @@
 """``python -m search.inspect``: the per-stage (and per-site) ReLU table of a model or a strategy plan.
 
 Counting is the project's one convention: active mask elements for one input, batch excluded. The
-table says whether the model has a stem ReLU, since published counts differ on that. ``--list``
-shows the models and strategies installed.
+table says whether the model has a stem ReLU, since published counts differ on that. Below it come
+the model's other nonlinearities (GELU, Hardswish, softmax, max pooling, ...), which no strategy
+removes and the ReLU count leaves out. ``--list`` shows the models and strategies installed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch import nn
+
 from search.checkpoint import load_model
 from search.cli import ArgumentParser, add_model_arguments, parse_input_shape, run_main
 from search.data import dataset_info
 from search.errors import SearchError
+from search.nonlinear import HOW, NonlinearCount, kind_totals, nonlinear_table
 from search.relu import SiteCount, relu_table, stage_totals
 from search.settings import describe_options, split_settings
 from search.spaces import build_model, describe_models
@@ -40,6 +44,25 @@ def format_table(rows: Sequence[SiteCount], per_site: bool = False) -> str:
     lines.append("-" * len(header))
     lines.append(f"{'total':<24} {len(rows):>5} {sum(r.active for r in rows):>14,} {sum(r.total for r in rows):>14,}")
     return "\n".join(lines)
+
+
+def format_nonlinear(rows: Sequence[NonlinearCount]) -> str:
+    """The nonlinearities that are not ReLU sites, one line per module and kind, with totals per kind."""
+    if not rows:
+        return f"other nonlinearities: none ({HOW})"
+    header = f"{'place':<36} {'kind':<16} {'calls':>5} {'elements':>14}"
+    lines = [f"other nonlinearities, not ReLU sites ({HOW}; elements per input):", header, "-" * len(header)]
+    lines += [f"{r.place:<36} {r.kind:<16} {r.calls:>5} {r.elements:>14,}" for r in rows]
+    lines.append("-" * len(header))
+    lines.append("total: " + ", ".join(f"{kind} {elements:,}" for kind, elements in kind_totals(rows).items()))
+    return "\n".join(lines)
+
+
+def print_counts(model: nn.Module, input_size: tuple[int, int, int], rows: Sequence[SiteCount], per_site: bool) -> None:
+    """The ReLU table, the other nonlinearities, and the closing ``total_relus=N`` line."""
+    print(format_table(rows, per_site=per_site))
+    print(format_nonlinear(nonlinear_table(model, input_size)))
+    print(f"total_relus={sum(r.active for r in rows)}")
 
 
 def catalogue() -> str:
@@ -91,8 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = relu_table(model, input_size)
         print(f"checkpoint {args.checkpoint}: model {payload['model']} ({describe_options(payload['options'])}), "
               f"input {'x'.join(map(str, input_size))}")
-        print(format_table(rows, per_site=args.sites))
-        print(f"total_relus={sum(r.active for r in rows)}")
+        print_counts(model, input_size, rows, args.sites)
         return 0
     info = dataset_info(args.dataset) if args.dataset is not None else None
     input_size = info.input_shape if info else check_input_size(parse_input_shape(args.input))
@@ -117,8 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if strategy is not None:
         print(f"plan of strategy {strategy.name} ({describe_options(dict(strategy_raw))})")
     print(f"stem ReLU: {stem}; one ReLU = one activation element for one input")
-    print(format_table(rows, per_site=args.sites))
-    print(f"total_relus={sum(r.active for r in rows)}")
+    print_counts(model, input_size, rows, args.sites)
     return 0
 
 

@@ -18,11 +18,13 @@ from search.config import describe_about, parse_with_config
 from search.data import dataset_info, load_dataset
 from search.dryrun import check_data, teacher_status
 from search.errors import SearchError
+from search.nonlinear import warn_nonlinear
 from search.options import show_default
 from search.outputs import cache_option, check_writable_dir, check_writable_file
 from search.pipeline import Job, Prepared, budget_path, execute, execute_budgets, full_relu_count, prepare
 from search.preflight import check_device, check_seed
 from search.settings import describe_options, parse_budgets, split_settings
+from search.spaces import build_model
 from search.strategies import describe_strategies, get_strategy, list_strategies
 from search.teacher import default_cache_dir
 
@@ -74,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe_about(args.config, args.about))
     prepared, outputs, cache_dir, budgets = checked_job(args)
     job = prepared.job
+    info = dataset_info(job.dataset)
+    warn_nonlinear(build_model(prepared.model_name, num_classes=info.num_classes, input_size=info.input_shape,
+                               **prepared.model_options), info.input_shape, prepared.model_name)
     shown = ", ".join(f"{b:,}" for b in budgets) if budgets else "none"
     header = (f"{job.strategy} on {prepared.model_name}/{job.dataset}: {prepared.full_relus:,} ReLUs, "
               f"budget{'s' if len(budgets) > 1 else ''} {shown}")
