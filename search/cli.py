@@ -7,6 +7,8 @@ import atexit
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from search.errors import RunInterrupted, SearchError
 
@@ -40,8 +42,22 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
     sys.exit(code)
 
 
+def package_version() -> str:
+    """This package's installed version, or ``unknown`` when it runs uninstalled (from a source tree)."""
+    try:
+        return version("search")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit 2, like every other bad input here."""
+    """argparse whose usage errors are one line and exit 2, like every other bad input here; every
+    command has ``--version``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"search {package_version()}",
+                          help="print the version of search and exit")
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise SearchError(f"{message} (see {self.prog} --help)")
@@ -60,7 +76,8 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model name (default: the dataset's default model)")
+    parser.add_argument("--model", help="a model name (python -m search.inspect --list shows them) or your own "
+                        "model's factory as package.module:factory (default: the dataset's default model)")
     parser.add_argument(
         "--set",
         dest="sets",

@@ -77,7 +77,7 @@ def read_config(path: str, parser: argparse.ArgumentParser) -> tuple[dict[str, A
     if not isinstance(about, dict) or not all(isinstance(k, str) for k in about):
         raise SearchError(f"bad value for {ABOUT} in --config {path}: expected a mapping such as source: TEXT")
     actions = {a.option_strings[-1].removeprefix("--"): a for a in parser._actions
-               if a.option_strings and a.dest not in ("help", "config", "resume")}
+               if a.option_strings and a.dest not in ("help", "version", "config", "resume")}
     unknown = [str(k) for k in raw if str(k).replace("_", "-") not in actions]
     if unknown:
         raise SearchError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in --config {path}; "

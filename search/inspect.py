@@ -1,21 +1,27 @@
 """``python -m search.inspect``: the per-stage (and per-site) ReLU table of a model or a strategy plan.
 
 Counting is the project's one convention: active mask elements for one input, batch excluded. The
-table says whether the model has a stem ReLU, since published counts differ on that.
+table says whether the model has a stem ReLU, since published counts differ on that. Below it come
+the model's other nonlinearities (GELU, Hardswish, softmax, max pooling, ...), which no strategy
+removes and the ReLU count leaves out. ``--list`` shows the models and strategies installed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch import nn
+
 from search.checkpoint import load_model
 from search.cli import ArgumentParser, add_model_arguments, parse_input_shape, run_main
 from search.data import dataset_info
 from search.errors import SearchError
+from search.nonlinear import HOW, NonlinearCount, kind_totals, nonlinear_table
 from search.relu import SiteCount, relu_table, stage_totals
 from search.settings import describe_options, split_settings
-from search.spaces import build_model
-from search.strategies import get_strategy
+from search.spaces import build_model, describe_models
+from search.spaces.imported import is_import_path, plugin_models
+from search.strategies import describe_strategies, get_strategy
 
 MAX_INPUT_ELEMENTS = 3 * 2048 * 2048  # 60x ImageNet's 3x224x224; a ResNet's activations on it take several GB
 
@@ -38,6 +44,31 @@ def format_table(rows: Sequence[SiteCount], per_site: bool = False) -> str:
     lines.append("-" * len(header))
     lines.append(f"{'total':<24} {len(rows):>5} {sum(r.active for r in rows):>14,} {sum(r.total for r in rows):>14,}")
     return "\n".join(lines)
+
+
+def format_nonlinear(rows: Sequence[NonlinearCount]) -> str:
+    """The nonlinearities that are not ReLU sites, one line per module and kind, with totals per kind."""
+    if not rows:
+        return f"other nonlinearities: none ({HOW})"
+    header = f"{'place':<36} {'kind':<16} {'calls':>5} {'elements':>14}"
+    lines = [f"other nonlinearities, not ReLU sites ({HOW}; elements per input):", header, "-" * len(header)]
+    lines += [f"{r.place:<36} {r.kind:<16} {r.calls:>5} {r.elements:>14,}" for r in rows]
+    lines.append("-" * len(header))
+    lines.append("total: " + ", ".join(f"{kind} {elements:,}" for kind, elements in kind_totals(rows).items()))
+    return "\n".join(lines)
+
+
+def print_counts(model: nn.Module, input_size: tuple[int, int, int], rows: Sequence[SiteCount], per_site: bool) -> None:
+    """The ReLU table, the other nonlinearities, and the closing ``total_relus=N`` line."""
+    print(format_table(rows, per_site=per_site))
+    print(format_nonlinear(nonlinear_table(model, input_size)))
+    print(f"total_relus={sum(r.active for r in rows)}")
+
+
+def catalogue() -> str:
+    """``--list``: every model and strategy installed, one block each with its ``--set`` options."""
+    return (f"models (--model NAME; your own: --model package.module:factory):\n\n{describe_models()}\n\n"
+            f"strategies (--strategy NAME):\n\n{describe_strategies()}")
 
 
 def check_input_size(shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -64,10 +95,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--input", help="input shape CxHxW, e.g. 3x32x32")
     where.add_argument("--dataset", help="take the input shape (and class count) of this dataset")
     where.add_argument("--checkpoint", metavar="PATH", help="a saved model (search.checkpoint format): count its active ReLUs")
+    where.add_argument("--list", action="store_true", help="list the models and strategies installed (built in and "
+                       "plug-ins) with their --set options, and count nothing")
     parser.add_argument("--strategy", help="show this strategy's plan (its masks and reshaping) instead of the full model")
     parser.add_argument("--sites", action="store_true", help="one row per ReLU site instead of per stage")
     args = parser.parse_args(argv)
 
+    if args.list:
+        if args.strategy is not None or args.sets or args.model is not None or args.sites:
+            raise SearchError("--list takes no other option")
+        print(catalogue())
+        return 0
     if args.checkpoint is not None:
         if args.strategy is not None or args.sets or args.model is not None:
             raise SearchError("--checkpoint shows the saved model as it is: omit --model, --set and --strategy")
@@ -76,8 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = relu_table(model, input_size)
         print(f"checkpoint {args.checkpoint}: model {payload['model']} ({describe_options(payload['options'])}), "
               f"input {'x'.join(map(str, input_size))}")
-        print(format_table(rows, per_site=args.sites))
-        print(f"total_relus={sum(r.active for r in rows)}")
+        print_counts(model, input_size, rows, args.sites)
         return 0
     info = dataset_info(args.dataset) if args.dataset is not None else None
     input_size = info.input_shape if info else check_input_size(parse_input_shape(args.input))
@@ -94,13 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         model = build_model(model_name, num_classes=num_classes, input_size=input_size, **model_options)
     rows = relu_table(model, input_size)
-    stem = any(r.stage == "stem" for r in rows)
+    stem = "present" if any(r.stage == "stem" for r in rows) else "absent"
+    if stem == "absent" and strategy is None and (is_import_path(model_name) or model_name in plugin_models()):
+        # a user's model: its stages are named after its top-level modules, so none is known as the stem
+        stem = "not identified (stages are the model's top-level modules, top its own ReLUs)"
     print(f"model {model_name} ({describe_options(model_options)}), input {'x'.join(map(str, input_size))}")
     if strategy is not None:
         print(f"plan of strategy {strategy.name} ({describe_options(dict(strategy_raw))})")
-    print(f"stem ReLU: {'present' if stem else 'absent'}; one ReLU = one activation element for one input")
-    print(format_table(rows, per_site=args.sites))
-    print(f"total_relus={sum(r.active for r in rows)}")
+    print(f"stem ReLU: {stem}; one ReLU = one activation element for one input")
+    print_counts(model, input_size, rows, args.sites)
     return 0
 
 

@@ -18,43 +18,22 @@ from search.config import describe_about, parse_with_config
 from search.data import dataset_info, load_dataset
 from search.dryrun import check_data, teacher_status
 from search.errors import SearchError
-from search.options import declared_options, describe
+from search.nonlinear import warn_nonlinear
+from search.options import show_default
 from search.outputs import cache_option, check_writable_dir, check_writable_file
 from search.pipeline import Job, Prepared, budget_path, execute, execute_budgets, full_relu_count, prepare
 from search.preflight import check_device, check_seed
 from search.settings import describe_options, parse_budgets, split_settings
-from search.strategies import get_strategy, list_strategies
+from search.spaces import build_model
+from search.strategies import describe_strategies, get_strategy, list_strategies
 from search.teacher import default_cache_dir
-
-
-def strategies_help() -> str:
-    """Each installed strategy with its summary and ``--set`` options, for ``--help``."""
-    parts = []
-    for name in list_strategies():
-        strategy = get_strategy(name)
-        lines = [f"strategy {name}: {strategy.summary}".rstrip(": ")]
-        for key, (hint, default) in declared_options(strategy.Options).items():
-            lines.append(f"  --set {key}=...  {describe(hint)} (default: {_show_default(default)})")
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts)
-
-
-def _show_default(value: object) -> str:
-    """A default as a user would type it; None means the strategy picks (per dataset or budget)."""
-    if value is None:
-        return "automatic"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (tuple, list)):
-        return ",".join(map(str, value)) or "none"
-    return str(value)
 
 
 def _show_options(options: object) -> str:
     """Every option a strategy will use, as ``--set`` would spell it (dataclass options; else its repr)."""
     if not is_dataclass(options) or isinstance(options, type):
         return repr(options)
-    return ", ".join(f"{k}={_show_default(v)}" for k, v in asdict(options).items()) or "none"
+    return ", ".join(f"{k}={show_default(v)}" for k, v in asdict(options).items()) or "none"
 
 
 def build_parser() -> ArgumentParser:
@@ -62,7 +41,7 @@ def build_parser() -> ArgumentParser:
         prog="python -m search.linearize",
         description="Cut a model's ReLUs to a budget with one strategy, then report accuracy. "
         "Ends with: relus=N val_acc=A test_acc=T",
-        epilog=strategies_help(),
+        epilog=describe_strategies(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--strategy", help="(required, here or in --config) "
@@ -97,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe_about(args.config, args.about))
     prepared, outputs, cache_dir, budgets = checked_job(args)
     job = prepared.job
+    info = dataset_info(job.dataset)
+    warn_nonlinear(build_model(prepared.model_name, num_classes=info.num_classes, input_size=info.input_shape,
+                               **prepared.model_options), info.input_shape, prepared.model_name)
     shown = ", ".join(f"{b:,}" for b in budgets) if budgets else "none"
     header = (f"{job.strategy} on {prepared.model_name}/{job.dataset}: {prepared.full_relus:,} ReLUs, "
               f"budget{'s' if len(budgets) > 1 else ''} {shown}")

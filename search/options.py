@@ -9,6 +9,7 @@ parser for it.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import inspect
 import math
 import types
@@ -68,6 +69,8 @@ def describe(hint: Any) -> str:
     if origin in (tuple, list):
         inner = typing.get_args(hint)[0]
         return "a comma-separated list" + ("" if inner is str else " of " + describe(inner))
+    if _is_enum(hint):
+        return "one of " + ", ".join(hint.__members__)
     if hint is bool:
         return "true or false"
     if hint is int:
@@ -107,6 +110,11 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
         (inner, *_rest) = typing.get_args(hint)
         items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v.strip()]
         return origin(coerce(key, item.strip() if isinstance(item, str) else item, inner) for item in items)
+    if _is_enum(hint):  # kept as the member's name: options stay plain data (checkpoints, run.json)
+        name = value.name if isinstance(value, hint) else str(value)
+        if name not in hint.__members__:
+            raise bad
+        return name
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -141,6 +149,30 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is str:
         return str(value)
     return value
+
+
+def _is_enum(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, enum.Enum)
+
+
+def show_default(value: object, unset: str = "automatic") -> str:
+    """A default as a user would type it; None is shown as ``unset``: for a strategy it means the
+    strategy picks (per dataset or budget), for a model factory it is often just none."""
+    if value is None:
+        return unset
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def option_lines(declared: Mapping[str, tuple[Any, Any]], unset: str = "automatic") -> list[str]:
+    """One ``--set`` line per declared option: its name, the values it accepts and its default."""
+    return [f"  --set {key}=...  {describe(hint)} (default: {show_default(default, unset)})"
+            for key, (hint, default) in declared.items()]
 
 
 def validate(target: Callable[..., Any] | type, raw: Mapping[str, Any], what: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from search.cli import ArgumentParser, run_main
 from search.config import describe_about, parse_with_config
 from search.data import dataset_info, load_dataset
 from search.errors import RunInterrupted, SearchError
+from search.nonlinear import warn_nonlinear
 from search.objectives import COST_PRESETS, Objective, cost_model, objectives
 from search.outputs import cache_option, check_writable_dir
 from search.pipeline import full_relu_count
@@ -189,6 +190,7 @@ def new_settings(args: argparse.Namespace, run_dir: Path, storage: str) -> rundi
     if trials is not None and trials < 1:
         raise SearchError(f"bad value {trials} for --trials: expected an integer >= 1")
     model = build_model(model_name, num_classes=info.num_classes, input_size=info.input_shape, **model_options)
+    warn_nonlinear(model, info.input_shape, model_name)
     return rundir.RunSettings(
         study_name=f"{run_dir.name}-{uuid.uuid4().hex[:8]}",
         storage=storage,

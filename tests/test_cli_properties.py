@@ -383,8 +383,8 @@ BAD_SEEDS = ["-1", str(2**63), str(2**70), "nan", "1.5", "abc", "", "1e3"]
 EPOCHS = ["1", "3", "15", "99999999999"]
 BAD_EPOCHS = ["0", "-3", "nan", "abc", "1.5", "", "inf"]
 UNKNOWN = [["--bogus"], ["--bogus=1"], ["-x"], ["--dry-run=yes"], ["--budget"], ["--set"], ["--"], ["positional"],
-           ["--strat", "snl"], ["--model"], ["--list"], ["--version"]]
-HELP = [["-h"], ["--help"]]
+           ["--strat", "snl"], ["--model"], ["--list"]]
+HELP = [["-h"], ["--help"], ["--version"]]  # each prints and exits 0
 
 
 @dataclass(frozen=True)
@@ -491,7 +491,7 @@ def poisons(world: World, module: str) -> list[list[str]]:
 
 
 def is_help(argv: Sequence[str]) -> bool:
-    return any(token in ("-h", "--help") for token in argv)
+    return any(token in ("-h", "--help", "--version") for token in argv)
 
 
 # -- the properties -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import inspect
 from importlib.metadata import entry_points
 
 from search.errors import SearchError
+from search.options import declared_options, option_lines
 from search.strategies.base import Context, Outcome, PlanNeedsTraining, Strategy, TargetOutOfReach
 
 ENTRY_POINT_GROUP = "search.strategies"
@@ -63,4 +64,19 @@ def get_strategy(name: str) -> Strategy:
     return cls()
 
 
-__all__ = ["Context", "Outcome", "PlanNeedsTraining", "Strategy", "TargetOutOfReach", "get_strategy", "list_strategies", "ENTRY_POINT_GROUP"]
+def describe_strategies() -> str:
+    """One block per installed strategy: its summary and ``--set`` options (name, values, default).
+    A plug-in that does not load says why in its block instead of hiding the others."""
+    parts = []
+    for name in list_strategies():
+        try:
+            strategy = get_strategy(name)
+        except SearchError as err:
+            parts.append(f"strategy {name}: cannot be loaded: {err}")
+            continue
+        parts.append("\n".join([f"strategy {name}: {strategy.summary}".rstrip(": "), *option_lines(declared_options(strategy.Options))]))
+    return "\n\n".join(parts)
+
+
+__all__ = ["Context", "Outcome", "PlanNeedsTraining", "Strategy", "TargetOutOfReach", "describe_strategies", "get_strategy",
+           "list_strategies", "ENTRY_POINT_GROUP"]
