@@ -430,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         importlib.import_module("ray")  # here, before the thread: two threads must not import one package at once
         imports = threading.Thread(target=_import_study_engine, daemon=True)
         imports.start()
-        started = cluster.connect(args.address, args.verbose)
+        started = cluster.connect(args.address, args.verbose, ship=cluster.user_code([settings.model, *settings.strategies]))
         imports.join()
         finished = False
         try:

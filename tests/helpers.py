@@ -178,11 +178,15 @@ class Cluster:
             _stop(self.worker, f"--node-ip-address={WORKER_IP}", sig=signal.SIGKILL)
             self.worker = None
 
-    def run(self, args: list[str], timeout: float = 300) -> subprocess.Popen[str]:
-        """``python -m search.run args --address HEAD`` in the head's namespace, started."""
+    def run(self, args: list[str], timeout: float = 300, driver_path: Path | None = None) -> subprocess.Popen[str]:
+        """``python -m search.run args --address HEAD`` in the head's namespace, started; ``driver_path``
+        is on the driver's PYTHONPATH only (not on the nodes')."""
+        env = cluster_env()
+        if driver_path is not None:
+            env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(driver_path)])
         return subprocess.Popen(
             ["ip", "netns", "exec", self.head_ns, sys.executable, "-m", "search.run", *args, "--address", self.address],
-            cwd=PROJECT_ROOT, env=cluster_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 
 

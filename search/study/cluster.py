@@ -4,11 +4,14 @@ An unreachable ``--address`` is checked with a plain TCP connection first (a few
 ``ray.init`` would otherwise retry for a long time before failing with a traceback. A GPU request on
 a cluster without GPUs would leave every trial pending forever, so it is dropped with a warning. A
 local Ray started here is watched by :mod:`search.study.reaper`, so none of its processes outlives
-the driver, however the driver ends.
+the driver, however the driver ends. On a cluster, the user's own modules named by import path
+(``--model pkg.mod:factory``, ``--strategy pkg.mod:Class``) travel with the job (Ray's runtime
+environment, ``py_modules``), so other nodes import them without having them installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
@@ -16,8 +19,9 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from search.errors import SearchError
 from search.study import reaper
@@ -76,9 +80,31 @@ def quiet(verbose: bool) -> None:
         warnings.filterwarnings("ignore", module=r"optuna(\..*)?")
 
 
-def connect(address: str | None, verbose: bool) -> bool:
+def user_code(names: Iterable[str]) -> list[str]:
+    """Where the modules of the import paths among ``names`` (``pkg.mod:attr``) live, to ship to a
+    cluster's nodes: the top-level package's folder or the module's file. Left out: names without a
+    module part (registry names), this package, and installed packages (site-packages or
+    dist-packages), which a cluster's nodes are expected to have installed like torch."""
+    found: dict[str, None] = {}
+    for name in names:
+        module, colon, _ = name.partition(":")
+        top = module.split(".")[0]
+        if not colon or not top or top == "search":
+            continue
+        spec = importlib.util.find_spec(top)
+        if spec is None or spec.origin in (None, "built-in", "frozen"):
+            continue
+        locations = list(spec.submodule_search_locations or [])
+        where = Path(locations[0]) if locations else Path(spec.origin)
+        if not {"site-packages", "dist-packages"} & set(where.parts):
+            found[str(where.resolve())] = None
+    return list(found)
+
+
+def connect(address: str | None, verbose: bool, ship: Sequence[str] = ()) -> bool:
     """Join the cluster at ``address`` (checked with :func:`check_reachable` first), or start a local
-    Ray; True when this run started Ray."""
+    Ray; True when this run started Ray. On a cluster, ``ship`` (:func:`user_code`) goes with the job
+    to every node; a local Ray's workers import from the driver's own path already."""
     import ray
 
     wait_disconnected()
@@ -90,6 +116,7 @@ def connect(address: str | None, verbose: bool) -> bool:
             logging_level=level,
             log_to_driver=verbose,
             configure_logging=True,
+            runtime_env={"py_modules": list(ship)} if address and ship else None,
         )
     except ConnectionError as err:
         raise SearchError(f"cannot join a Ray cluster at --address {address}: {str(err).splitlines()[0]}") from None
