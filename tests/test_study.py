@@ -16,7 +16,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.checkpoint import load_model
+from search.checkpoint import load_model, read_checkpoint
 from search.data import load_dataset
 from search.objectives import pareto_front
 from search.relu import relu_count
@@ -38,7 +38,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 def cached_teachers(cache: list[str]) -> list[dict]:
     """The records of the teachers in the ``--cache-dir`` of ``cache``."""
-    return [load_model(path)[1]["info"] for path in (Path(cache[1]) / "teachers").glob("*.pt")]
+    # read, not built: the session's cache also holds teachers of models other tests import from elsewhere
+    return [read_checkpoint(path)["info"] for path in (Path(cache[1]) / "teachers").glob("*.pt")]
 
 
 @pytest.fixture(scope="module")
