@@ -48,7 +48,7 @@ from torch import nn
 from search.errors import SearchError
 from search.relu import relu_count, trace_shapes
 from search.strategies.base import Context
-from search.strategies.stages import FROM_NAMES, Stages, model_stages
+from search.strategies.stages import FROM_NAMES, Stages, forward_sites, model_stages
 from search.teacher import data_fingerprint
 from search.train import TrainConfig, fit, preserved_rng
 
@@ -193,7 +193,7 @@ def _criticality(
 ) -> Criticality:
     teacher = teacher if teacher is not None else ctx.teacher()
     if stages is None:
-        stages = model_stages(teacher, ctx.data.info.input_shape)
+        stages = model_stages(forward_sites(teacher, ctx.data.info.input_shape))
     identity = _identity(ctx, recipe, teacher, stages)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(ctx.cache_dir) / "criticality"

@@ -40,7 +40,7 @@ from search.spaces import build_model
 from search.spaces import model_options as declared_model_options
 from search.strategies.base import Context, Outcome, PlanNeedsTraining, Strategy
 from search.strategies.criticality import Criticality, cached_order, criticality
-from search.strategies.stages import Stages, model_stages, residual_blocks
+from search.strategies.stages import Stages, forward_sites, model_stages, residual_blocks
 from search.teacher import default_cache_dir
 from search.train import TrainConfig, fit, teacher_config
 
@@ -141,7 +141,7 @@ class ModelFit:
     model_name: str
     stages: Stages
     blocks: tuple[tuple[str, ...], ...]
-    blocks_found: str
+    no_blocks: str
     declared: tuple[str, ...]
 
     @property
@@ -163,7 +163,7 @@ class ModelFit:
         """Plan part -> why it does not apply to this model, for the parts that do not."""
         why = {
             "cull": "it has a single stage (name stages with stages=prefixA,prefixB,...)" if not self.culls else "",
-            "thin": self.blocks_found if not self.blocks else "",
+            "thin": self.no_blocks,
             "alpha": self._lacks("width") if not self.widens else "",
             "rho": self._lacks("stem_stride") if not self.strides else "",
         }
@@ -172,7 +172,7 @@ class ModelFit:
     def describe(self) -> str:
         """Two lines: the stages found, and which plan parts apply (and why not where not)."""
         why = self.why_not()
-        how = {"cull": f"culling ({','.join(self.stages.labels)})", "thin": f"thinning ({len(self.blocks)} blocks, {self.blocks_found})",
+        how = {"cull": f"culling ({','.join(self.stages.labels)})", "thin": f"thinning ({len(self.blocks)} residual blocks)",
                "alpha": "alpha (option width)", "rho": "rho (option stem_stride)"}
         line = f"applies to {self.model_name}: {', '.join(text for part, text in how.items() if part not in why) or 'nothing'}"
         nouns = {"cull": "culling", "thin": "thinning", "alpha": "alpha", "rho": "rho"}
@@ -194,9 +194,9 @@ class ModelFit:
 
 def model_fit(model: nn.Module, model_name: str, input_size: Sequence[int], prefixes: Sequence[str] | None) -> ModelFit:
     """What DeepReDuce can do to ``model`` (built from ``model_name``)."""
-    blocks, found = residual_blocks(model)
-    return ModelFit(model_name, model_stages(model, input_size, prefixes), tuple(blocks), found,
-                    tuple(declared_model_options(model_name)))
+    found = forward_sites(model, input_size)
+    blocks, no_blocks = residual_blocks(model, found)
+    return ModelFit(model_name, model_stages(found, prefixes), tuple(blocks), no_blocks, tuple(declared_model_options(model_name)))
 
 
 def reshaped_options(model_name: str, model_options: Mapping[str, Any], alpha: float, rho: float) -> dict[str, Any]:
@@ -217,8 +217,8 @@ def reshaped_options(model_name: str, model_options: Mapping[str, Any], alpha: f
 
 
 def apply_masks(model: nn.Module, applies: ModelFit, cull: Iterable[str], thin: bool) -> None:
-    """Cull: every site of the named stages off. Thin: every site of a residual block but its first off
-    (in the registry's ResNets, ``relu2`` after the add)."""
+    """Cull: every site of the named stages off. Thin: every site of a residual block but its first
+    (forward order) off: in the registry's ResNets, ``relu2`` after the add."""
     culled = set(cull)
     for label, members in applies.stages.of(model).items():
         for site in members:

@@ -12,10 +12,9 @@ A stage assignment labels every ReLU site ``S1`` .. ``Sn``. It comes from, in th
    at a larger resolution than the next group (a stem ReLU before a pooling or strided layer, as in
    torchvision's ResNets) joins S1, as the stem does in (2).
 
-Residual blocks, which thinning needs, are the registry ResNets' basic blocks; for other models they
-are read from the torch.fx graph: each module holding an addition of two computed tensors is a
-residual block, and its sites are the sites inside that module (the innermost such module when blocks
-nest). Sites are named by their module paths, so the blocks are found by name.
+Residual blocks, which thinning needs, are read from the torch.fx graph: each module holding an
+addition of two computed tensors is a residual block, and its sites are the sites inside that module
+(the innermost such module when blocks nest), in forward order.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from torch import nn
 
 from search.errors import SearchError
 from search.relu import ReLUSite, _SiteLeafTracer, sites, trace_shapes
-from search.spaces.resnet import BasicBlock
 
 _STAGE = re.compile(r"stage([1-9]\d*)")
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -162,9 +160,9 @@ def forward_sites(model: nn.Module, input_size: Sequence[int]) -> list[ReLUSite]
     return order
 
 
-def model_stages(model: nn.Module, input_size: Sequence[int], prefixes: Sequence[str] | None = None) -> Stages:
-    """The stages of a model: named, else its own stage names, else by resolution."""
-    found = forward_sites(model, input_size)
+def model_stages(found: Sequence[ReLUSite], prefixes: Sequence[str] | None = None) -> Stages:
+    """The stages of a model whose sites are ``found`` (in forward order, :func:`forward_sites`):
+    named, else its own stage names, else by resolution."""
     if not found:
         raise SearchError("the model has no ReLU sites, so it has no stages")
     if prefixes:
@@ -172,26 +170,22 @@ def model_stages(model: nn.Module, input_size: Sequence[int], prefixes: Sequence
     return labelled_stages(found) or derived_stages(found)
 
 
-def residual_blocks(model: nn.Module) -> tuple[list[tuple[str, ...]], str]:
-    """(blocks, how they were found): each block's site names in forward order, for blocks with at
-    least two sites; no blocks and the reason when the model shows none."""
-    found = sites(model)
-    known = [m for m in model.modules() if isinstance(m, BasicBlock)]
-    if known:
-        return [(block.relu1.name, block.relu2.name) for block in known], "the ResNet's basic blocks"
+def residual_blocks(model: nn.Module, found: Sequence[ReLUSite]) -> tuple[list[tuple[str, ...]], str]:
+    """(blocks, why none): each residual block's site names in the order of ``found`` (forward order),
+    for blocks with at least two sites; no blocks and the reason when the model shows none."""
     graph = _graph(model)
     if isinstance(graph, str):
         return [], f"torch.fx cannot trace the model ({graph}), so its residual blocks are unknown"
-    paths = {_owner(node) for node in graph.nodes if _is_residual_add(node)} - {""}
+    owners = {_owner(node) for node in graph.nodes if _is_residual_add(node)} - {""}
+    paths = {id(module): path for path, module in model.named_modules()}
     members: dict[str, list[str]] = {}
     for site in found:
-        owners = [p for p in paths if site.name.startswith(p + ".")]
-        if owners:
-            members.setdefault(max(owners, key=len), []).append(site.name)
+        inside = [owner for owner in owners if paths[id(site)].startswith(owner + ".")]
+        if inside:
+            members.setdefault(max(inside, key=len), []).append(site.name)
     blocks = [tuple(names) for names in members.values() if len(names) > 1]
-    if not blocks:
-        return [], "its graph shows no residual block (a module adding two computed tensors) holding two or more ReLUs"
-    return blocks, "residual additions in the model's graph"
+    reason = "" if blocks else "its graph shows no residual block (a module adding two computed tensors) holding two or more ReLUs"
+    return blocks, reason
 
 
 def _graph(model: nn.Module) -> torch.fx.Graph | str:
