@@ -105,9 +105,12 @@ def test_bad_set_values_one_error_line(pairs: list[str], words: list[str], capsy
     assert all(word in lines[0] for word in words), lines[0]
 
 
-def test_other_models_are_refused() -> None:
-    with pytest.raises(SearchError, match="resnet18, resnet34, resnet_tiny"):
-        get_strategy("deepreduce").plan("wrn22_8", {}, (3, 32, 32), 10, _options(["cull=S1"]))
+def test_other_registry_models_cull_their_stages_and_refuse_what_does_not_apply() -> None:
+    # WRN-22-8's 1,359,872 ReLUs less stage 1's 671,744; its factory has no width option.
+    model = get_strategy("deepreduce").plan("wrn22_8", {}, (3, 32, 32), 10, _options(["cull=S1"]))
+    assert relu_count(model, (3, 32, 32)) == 1_359_872 - 671_744
+    with pytest.raises(SearchError, match="alpha=0.5 does not apply to wrn22_8: its factory has no width option"):
+        get_strategy("deepreduce").plan("wrn22_8", {}, (3, 32, 32), 10, _options(["alpha=0.5"]))
 
 
 def test_budget_only_picks_the_plan_with_most_relus_under_budget() -> None:

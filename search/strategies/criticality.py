@@ -1,7 +1,7 @@
 """DeepReDuce's ReLU criticality: how much accuracy each stage's ReLUs buy, measured once and cached.
 
-Stages are labelled ``S1`` .. ``Sn`` (model stages ``stage1`` .. ``stageN``); the stem ReLU belongs to
-``S1``, as in DeepReDuce's released models, which drop it together with stage 1.
+Stages are labelled ``S1`` .. ``Sn`` as :mod:`search.strategies.stages` assigns them (the model's
+``stage<k>`` modules with the stem in ``S1``, the spatial resolution, or the user's ``stages=``).
 
 Measurement: for each stage k, start from the full-ReLU teacher's weights, switch every site off except
 stage k's, finetune briefly and read the validation accuracy ``acc_k`` after the last epoch (no
@@ -24,7 +24,8 @@ found.
 
 The result is cached as JSON under ``<cache_dir>/criticality/<key>.json``, content-addressed like the
 teacher cache: the key hashes the model and its options, the input size and classes, the dataset and a
-fingerprint of its data, the seed, the finetuning recipe and a fingerprint of the teacher's weights.
+fingerprint of its data, the seed, the finetuning recipe, a fingerprint of the teacher's weights and,
+unless the stages are the model's own ``stage<k>`` modules, the stage assignment.
 Writes are atomic and a file lock lets concurrent trials share one measurement.
 """
 
@@ -36,7 +37,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,38 +46,20 @@ from typing import Any
 from torch import nn
 
 from search.errors import SearchError
-from search.relu import ReLUSite, relu_count, sites, trace_shapes
+from search.relu import relu_count, trace_shapes
 from search.strategies.base import Context
+from search.strategies.stages import FROM_NAMES, Stages, forward_sites, model_stages
 from search.teacher import data_fingerprint
 from search.train import TrainConfig, fit, preserved_rng
 
 CACHE_VERSION = 1
 FORMULA = "score = 1000 * (acc_k - acc_linear) / relus_k  (val accuracy gained per 1,000 ReLUs)"
 METRIC = "val acc gained per 1k ReLUs"
-_STAGE = re.compile(r"stage([1-9]\d*)")
 
 
-def stage_label(site: ReLUSite) -> str:
-    """``S<k>`` for a site of ``stage<k>``; the stem's sites count with ``S1``."""
-    if site.stage == "stem":
-        return "S1"
-    match = _STAGE.fullmatch(site.stage)
-    if match is None:
-        raise SearchError(f"ReLU site {site.name} is in stage {site.stage!r}, not stem or stage<k>; DeepReDuce works by stages")
-    return f"S{match.group(1)}"
-
-
-def stage_sites(model: nn.Module) -> dict[str, list[ReLUSite]]:
-    """Stage label -> its sites, ordered S1, S2, ..."""
-    groups: dict[str, list[ReLUSite]] = {}
-    for site in sites(model):
-        groups.setdefault(stage_label(site), []).append(site)
-    return dict(sorted(groups.items(), key=lambda item: int(item[0][1:])))
-
-
-def keep_only(model: nn.Module, labels: Sequence[str]) -> None:
+def keep_only(model: nn.Module, stages: Stages, labels: Sequence[str]) -> None:
     """Switch on the sites of the stages in ``labels`` and switch every other site off."""
-    for label, members in stage_sites(model).items():
+    for label, members in stages.of(model).items():
         for site in members:
             site.switch_on() if label in labels else site.switch_off()
 
@@ -158,8 +140,15 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def _identity(ctx: Context, recipe: TrainConfig, teacher: nn.Module) -> dict[str, Any]:
+def stages_key(stages: Stages) -> dict[str, list[str]] | None:
+    """The stage assignment as a cache key part; None for the model's own stage modules, whose
+    assignment the model name and options already fix (so caches made before this key stay valid)."""
+    return None if stages.source == FROM_NAMES else stages.assignment()
+
+
+def _identity(ctx: Context, recipe: TrainConfig, teacher: nn.Module, stages: Stages) -> dict[str, Any]:
     info = ctx.data.info
+    assignment = stages_key(stages)
     return {
         "version": CACHE_VERSION,
         "model": ctx.model_name,
@@ -172,6 +161,7 @@ def _identity(ctx: Context, recipe: TrainConfig, teacher: nn.Module) -> dict[str
         "recipe": dataclasses.asdict(recipe),
         "teacher": model_fingerprint(teacher),
         "formula": FORMULA,
+        **({"stage_sites": assignment} if assignment is not None else {}),
     }
 
 
@@ -180,22 +170,31 @@ def _plain_json(value: Any) -> Any:
 
 
 def criticality(
-    ctx: Context, recipe: TrainConfig, teacher: nn.Module | None = None, log: Callable[[str], None] | None = None
+    ctx: Context,
+    recipe: TrainConfig,
+    teacher: nn.Module | None = None,
+    log: Callable[[str], None] | None = None,
+    stages: Stages | None = None,
 ) -> Criticality:
     """The cached criticality of ``ctx``'s model on ``ctx``'s data, measured with ``recipe`` if absent.
-    ``teacher`` saves fetching ``ctx.teacher()`` again when the caller has it.
+    ``teacher`` saves fetching ``ctx.teacher()`` again when the caller has it; ``stages`` defaults to
+    the teacher's own (:func:`search.strategies.stages.model_stages`).
 
     Measuring trains (reseeding the global RNGs) and reading the cache does not, so both run under
     :func:`preserved_rng`: the strategy's later draws (a student built from scratch) do not depend on
     whether the measurement was cached.
     """
     with preserved_rng(ctx.device):
-        return _criticality(ctx, recipe, teacher, log or ctx.log)
+        return _criticality(ctx, recipe, teacher, log or ctx.log, stages)
 
 
-def _criticality(ctx: Context, recipe: TrainConfig, teacher: nn.Module | None, log: Callable[[str], None]) -> Criticality:
+def _criticality(
+    ctx: Context, recipe: TrainConfig, teacher: nn.Module | None, log: Callable[[str], None], stages: Stages | None
+) -> Criticality:
     teacher = teacher if teacher is not None else ctx.teacher()
-    identity = _identity(ctx, recipe, teacher)
+    if stages is None:
+        stages = model_stages(forward_sites(teacher, ctx.data.info.input_shape))
+    identity = _identity(ctx, recipe, teacher, stages)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(ctx.cache_dir) / "criticality"
     folder.mkdir(parents=True, exist_ok=True)
@@ -210,20 +209,20 @@ def _criticality(ctx: Context, recipe: TrainConfig, teacher: nn.Module | None, l
             f"measuring criticality of {ctx.model_name} on {ctx.data.info.name}: {recipe.epochs} epoch(s) per stage "
             f"from the teacher's weights; cached as {path}"
         )
-        record = {**identity, **_measure(ctx, recipe, teacher, log)}
+        record = {**identity, **_measure(ctx, recipe, teacher, stages, log)}
         _write_json(path, record)
         return _from_record(record, str(path), cached=False)
 
 
-def _measure(ctx: Context, recipe: TrainConfig, teacher: nn.Module, log: Callable[[str], None]) -> dict[str, Any]:
+def _measure(ctx: Context, recipe: TrainConfig, teacher: nn.Module, stages: Stages, log: Callable[[str], None]) -> dict[str, Any]:
     input_size = ctx.data.info.input_shape
-    labels = list(stage_sites(teacher))
+    labels = stages.labels
     accuracies: dict[str, float] = {}
     counts: dict[str, int] = {}
     for label in ["linear", *labels]:
         model = copy.deepcopy(teacher)
         trace_shapes(model, input_size)
-        keep_only(model, [] if label == "linear" else [label])
+        keep_only(model, stages, [] if label == "linear" else [label])
         counts[label] = relu_count(model, input_size)
         result = fit(model, ctx.data, recipe, ctx.device, select_best=False, log=log, label=f"criticality {label}")
         accuracies[label] = result.history[-1].val_acc if result.history else 0.0
@@ -290,8 +289,9 @@ def cached_order(
     input_size: Sequence[int],
     num_classes: int,
     recipe_filter: Mapping[str, Any],
+    stages: Stages,
 ) -> tuple[tuple[str, ...], dict[str, Any]] | None:
-    """The criticality order cached for this model, options and input, without training.
+    """The criticality order cached for this model, options, input and stage assignment, without training.
 
     ``recipe_filter`` keeps only records whose recipe has these values. Returns (order, record) when
     every matching record agrees on the order, None when nothing matches; raises SearchError when
@@ -299,13 +299,15 @@ def cached_order(
     the user's.
     """
     folder = Path(cache_dir) / "criticality"
-    wanted = (model_name, _plain_json(dict(model_options)), list(input_size), num_classes)
+    wanted = (model_name, _plain_json(dict(model_options)), list(input_size), num_classes, stages_key(stages))
     found: dict[tuple[str, ...], dict[str, Any]] = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         record = _read_record(path, lambda _message: None)
         if record is None:
             continue
-        if (record.get("model"), record.get("model_options"), record.get("input_size"), record.get("num_classes")) != wanted:
+        found_key = (record.get("model"), record.get("model_options"), record.get("input_size"), record.get("num_classes"),
+                     record.get("stage_sites"))
+        if found_key != wanted:
             continue
         recipe = record.get("recipe") or {}
         if any(recipe.get(k) != v for k, v in recipe_filter.items()):

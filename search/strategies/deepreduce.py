@@ -7,6 +7,12 @@ branch, drop ``relu2`` after the add), the channel width factor ``alpha`` and th
 model space's ``width`` and ``stem_stride`` options. A plan is built and counted without training
 (:meth:`DeepReDuce.plan`), so a plan over the budget is rejected before anything trains.
 
+Any model with ReLU sites works: its stages are the model's ``stage<k>`` modules, or derived from the
+spatial resolution, or named by the user (``stages=prefixA,prefixB``; see
+:mod:`search.strategies.stages`). Thinning needs residual blocks, and alpha and rho need the model's
+factory to declare ``width`` and ``stem_stride``; what does not apply to a model is said before
+anything trains (:class:`ModelFit`), and refused when asked for.
+
 Which stages to cull can be named (``cull=S1,S4``) or left to the measured criticality order
 (``n_cull=2``, see :mod:`search.strategies.criticality`); the log then prints the order and the stages
 the plan culls. With a budget, every plan choice left unset is picked so that the plan keeps the most
@@ -32,9 +38,9 @@ from search.errors import SearchError
 from search.relu import relu_count, sites, trace_shapes
 from search.spaces import build_model
 from search.spaces import model_options as declared_model_options
-from search.spaces.resnet import BasicBlock, CifarResNet
 from search.strategies.base import Context, Outcome, PlanNeedsTraining, Strategy
-from search.strategies.criticality import Criticality, cached_order, criticality, stage_label, stage_sites
+from search.strategies.criticality import Criticality, cached_order, criticality
+from search.strategies.stages import Stages, forward_sites, model_stages, residual_blocks
 from search.teacher import default_cache_dir
 from search.train import TrainConfig, fit, teacher_config
 
@@ -63,6 +69,7 @@ class DeepReDuceOptions:
     thin: bool | None = None
     alpha: float | None = None
     rho: Literal[1, 0.5] | None = None
+    stages: tuple[str, ...] | None = None
     alphas: tuple[float, ...] = (1.0, 0.5, 0.25)
     kd_weight: float = 1.0
     kd_temperature: float = 4.0
@@ -118,40 +125,109 @@ class PlanSpec:
 # -- building plans ---------------------------------------------------------------------------------
 
 
-def base_model(model_name: str, model_options: Mapping[str, Any], input_size: Sequence[int], num_classes: int) -> CifarResNet:
-    """The unmodified model, traced; a SearchError unless it is a CIFAR ResNet of basic blocks."""
+def base_model(model_name: str, model_options: Mapping[str, Any], input_size: Sequence[int], num_classes: int) -> nn.Module:
+    """The unmodified model, traced."""
     model = build_model(model_name, num_classes=num_classes, input_size=tuple(input_size), **model_options)
-    if not isinstance(model, CifarResNet):
-        raise SearchError(
-            f"strategy deepreduce works on ResNets of basic blocks with stages stage1..N "
-            f"(resnet18, resnet34, resnet_tiny), not {model_name}"
-        )
     trace_shapes(model, input_size)
     return model
 
 
+@dataclass(frozen=True)
+class ModelFit:
+    """What DeepReDuce can do to one model: cull its stages, thin its residual blocks (each block's
+    sites, the first one kept), scale its ``width`` (alpha) and stem stride (rho) where its factory
+    declares those options."""
+
+    model_name: str
+    stages: Stages
+    blocks: tuple[tuple[str, ...], ...]
+    no_blocks: str
+    declared: tuple[str, ...]
+
+    @property
+    def culls(self) -> bool:
+        return len(self.stages.stages) > 1
+
+    @property
+    def widens(self) -> bool:
+        return "width" in self.declared
+
+    @property
+    def strides(self) -> bool:
+        return "stem_stride" in self.declared
+
+    def _lacks(self, option: str) -> str:
+        return f"its factory has no {option} option (it has {', '.join(self.declared) or 'no options'})"
+
+    def why_not(self) -> dict[str, str]:
+        """Plan part -> why it does not apply to this model, for the parts that do not."""
+        why = {
+            "cull": "it has a single stage (name stages with stages=prefixA,prefixB,...)" if not self.culls else "",
+            "thin": self.no_blocks,
+            "alpha": self._lacks("width") if not self.widens else "",
+            "rho": self._lacks("stem_stride") if not self.strides else "",
+        }
+        return {part: reason for part, reason in why.items() if reason}
+
+    def describe(self) -> str:
+        """Two lines: the stages found, and which plan parts apply (and why not where not)."""
+        why = self.why_not()
+        how = {"cull": f"culling ({','.join(self.stages.labels)})", "thin": f"thinning ({len(self.blocks)} residual blocks)",
+               "alpha": "alpha (option width)", "rho": "rho (option stem_stride)"}
+        line = f"applies to {self.model_name}: {', '.join(text for part, text in how.items() if part not in why) or 'nothing'}"
+        nouns = {"cull": "culling", "thin": "thinning", "alpha": "alpha", "rho": "rho"}
+        line += "".join(f"; {nouns[part]} does not apply: {reason}" for part, reason in why.items())
+        return f"{self.stages.describe()}\n{line}"
+
+    def refuse(self, options: DeepReDuceOptions) -> None:
+        """SearchError when the options ask for a plan part that does not apply to this model."""
+        asked = {
+            "cull": f"cull={','.join(options.cull)}" if options.cull else (f"n_cull={options.n_cull}" if options.n_cull else ""),
+            "thin": "thin=true" if options.thin else "",
+            "alpha": f"alpha={options.alpha:g}" if options.alpha not in (None, 1) else "",
+            "rho": f"rho={options.rho:g}" if options.rho not in (None, 1) else "",
+        }
+        for part, reason in self.why_not().items():
+            if asked[part]:
+                raise SearchError(f"deepreduce's {asked[part]} does not apply to {self.model_name}: {reason}")
+
+
+def model_fit(model: nn.Module, model_name: str, input_size: Sequence[int], prefixes: Sequence[str] | None) -> ModelFit:
+    """What DeepReDuce can do to ``model`` (built from ``model_name``)."""
+    found = forward_sites(model, input_size)
+    blocks, no_blocks = residual_blocks(model, found)
+    return ModelFit(model_name, model_stages(found, prefixes), tuple(blocks), no_blocks, tuple(declared_model_options(model_name)))
+
+
 def reshaped_options(model_name: str, model_options: Mapping[str, Any], alpha: float, rho: float) -> dict[str, Any]:
-    """The model options of a plan: width scaled by ``alpha``, stem stride divided by ``rho``."""
+    """The model options of a plan: width scaled by ``alpha``, stem stride doubled when ``rho`` is 0.5;
+    only the options the model declares (:meth:`ModelFit.refuse` has refused factors it lacks)."""
     declared = declared_model_options(model_name)
-    if "width" not in declared or "stem_stride" not in declared:
-        raise SearchError(f"model {model_name} has no width / stem_stride options, which deepreduce's alpha and rho need")
-    width = float(model_options.get("width", declared["width"][1]))
-    stride = int(model_options.get("stem_stride", declared["stem_stride"][1]))
-    if rho != 1 and stride != 1:
-        raise SearchError(f"rho={rho:g} doubles the stem stride, but {model_name} already has stem_stride={stride}")
-    return {**model_options, "width": round(width * alpha, 6), "stem_stride": stride if rho == 1 else 2 * stride}
+    options = dict(model_options)
+    if "width" in declared:
+        kind, default = declared["width"]
+        width = model_options.get("width", default)
+        options["width"] = max(1, round(width * alpha)) if kind is int else round(float(width) * alpha, 6)
+    if "stem_stride" in declared:
+        stride = int(model_options.get("stem_stride", declared["stem_stride"][1]))
+        if rho != 1 and stride != 1:
+            raise SearchError(f"rho={rho:g} doubles the stem stride, but {model_name} already has stem_stride={stride}")
+        options["stem_stride"] = stride if rho == 1 else 2 * stride
+    return options
 
 
-def apply_masks(model: nn.Module, cull: Iterable[str], thin: bool) -> None:
-    """Cull: every site of the named stages off. Thin: ``relu2`` (after the add) off in kept stages."""
+def apply_masks(model: nn.Module, applies: ModelFit, cull: Iterable[str], thin: bool) -> None:
+    """Cull: every site of the named stages off. Thin: every site of a residual block but its first
+    (forward order) off: in the registry's ResNets, ``relu2`` after the add."""
     culled = set(cull)
-    for label, members in stage_sites(model).items():
+    for label, members in applies.stages.of(model).items():
         for site in members:
             site.switch_off() if label in culled else site.switch_on()
     if thin:
-        for block in model.modules():
-            if isinstance(block, BasicBlock) and stage_label(block.relu2) not in culled:
-                block.relu2.switch_off()
+        by_name = {site.name: site for site in sites(model)}
+        for block in applies.blocks:
+            for name in block[1:]:
+                by_name[name].switch_off()
 
 
 def check_cull(cull: Sequence[str], labels: Sequence[str], model_name: str) -> None:
@@ -163,13 +239,13 @@ def check_cull(cull: Sequence[str], labels: Sequence[str], model_name: str) -> N
 
 
 def build_plan(
-    model_name: str, model_options: Mapping[str, Any], input_size: Sequence[int], num_classes: int, spec: PlanSpec
-) -> tuple[CifarResNet, dict[str, Any]]:
+    model_name: str, model_options: Mapping[str, Any], input_size: Sequence[int], num_classes: int, spec: PlanSpec, applies: ModelFit
+) -> tuple[nn.Module, dict[str, Any]]:
     """The plan's untrained model with its masks set, and the model options that rebuild it."""
     options = reshaped_options(model_name, model_options, spec.alpha, spec.rho)
     model = base_model(model_name, options, input_size, num_classes)
-    check_cull(spec.cull, list(stage_sites(model)), model_name)
-    apply_masks(model, spec.cull, spec.thin)
+    check_cull(spec.cull, applies.stages.labels, model_name)
+    apply_masks(model, applies, spec.cull, spec.thin)
     return model, options
 
 
@@ -179,12 +255,16 @@ class PlanCounter:
     A mask change does not change activation shapes, so after one ``relu_count`` (which traces the
     shapes) a plan's count is the sum of ``ReLUSite.active()`` over the traced sites, exactly what
     ``relu_count`` sums, without a dry run per candidate. :func:`choose_plan` confirms its pick
-    with ``relu_count`` itself.
+    with ``relu_count`` itself. ``applies`` is what applies to the unmodified model, whose stages are
+    named by ``stages`` (site-name prefixes) when given.
     """
 
-    def __init__(self, model_name: str, model_options: Mapping[str, Any], input_size: Sequence[int], num_classes: int) -> None:
+    def __init__(self, model_name: str, model_options: Mapping[str, Any], input_size: Sequence[int], num_classes: int,
+                 stages: Sequence[str] | None = None) -> None:
         self.args = (model_name, model_options, tuple(input_size), num_classes)
-        self._models: dict[tuple[float, float], nn.Module] = {}
+        base = base_model(model_name, model_options, input_size, num_classes)
+        self.applies = model_fit(base, model_name, input_size, stages)
+        self._models: dict[tuple[float, float], nn.Module] = {(1, 1): base}
 
     def count(self, spec: PlanSpec) -> int:
         key = (spec.alpha, spec.rho)
@@ -192,13 +272,13 @@ class PlanCounter:
             name, options, size, classes = self.args
             self._models[key] = base_model(name, reshaped_options(name, options, spec.alpha, spec.rho), size, classes)
         model = self._models[key]
-        apply_masks(model, spec.cull, spec.thin)
+        apply_masks(model, self.applies, spec.cull, spec.thin)
         return sum(site.active() for site in sites(model))
 
     def confirm(self, spec: PlanSpec) -> int:
         """The plan's count by ``relu_count`` (a fresh dry run)."""
         model = self._models[(spec.alpha, spec.rho)]
-        apply_masks(model, spec.cull, spec.thin)
+        apply_masks(model, self.applies, spec.cull, spec.thin)
         return relu_count(model, self.args[2])
 
 
@@ -221,12 +301,12 @@ def cull_choices(options: DeepReDuceOptions, labels: Sequence[str], order: Seque
     return choices
 
 
-def candidate_specs(options: DeepReDuceOptions, culls: Sequence[tuple[str, ...]], budgeted: bool) -> list[PlanSpec]:
+def candidate_specs(options: DeepReDuceOptions, culls: Sequence[tuple[str, ...]], budgeted: bool, applies: ModelFit) -> list[PlanSpec]:
     """Every plan the options allow: fixed choices as given, free ones over their candidates (with a
-    budget) or at their defaults (without)."""
-    thins = [options.thin] if options.thin is not None else ([False, True] if budgeted else [DEFAULT_THIN])
-    alphas = [options.alpha] if options.alpha is not None else (list(options.alphas) if budgeted else [DEFAULT_ALPHA])
-    rhos = [options.rho] if options.rho is not None else (list(RHOS) if budgeted else [DEFAULT_RHO])
+    budget, among the parts that apply to the model) or at their defaults (without)."""
+    thins = [options.thin] if options.thin is not None else ([False, True] if budgeted and applies.blocks else [DEFAULT_THIN])
+    alphas = [options.alpha] if options.alpha is not None else (list(options.alphas) if budgeted and applies.widens else [DEFAULT_ALPHA])
+    rhos = [options.rho] if options.rho is not None else (list(RHOS) if budgeted and applies.strides else [DEFAULT_RHO])
     return [PlanSpec(c, t, a, r) for c in culls for t in thins for a in alphas for r in rhos]
 
 
@@ -264,7 +344,7 @@ def choose_plan(
 ) -> tuple[PlanSpec, int, int]:
     """(plan, its ReLU count, number of candidates). ``order`` None means the order is not known
     yet: then this only checks that some plan could fit, and raises SearchError if none can."""
-    specs = candidate_specs(options, cull_choices(options, labels, order, budget is not None), budget is not None)
+    specs = candidate_specs(options, cull_choices(options, labels, order, budget is not None), budget is not None, counter.applies)
     counted = [(spec, counter.count(spec)) for spec in specs]
     best = best_under_budget(counted, budget)
     if best is None:
@@ -288,11 +368,13 @@ def check_before_training(
     model_name: str, model_options: Mapping[str, Any], info: DatasetInfo, budget: int | None, options: DeepReDuceOptions
 ) -> tuple[PlanCounter, list[str]]:
     """What ``run`` checks before any training (``preview`` checks the same): a plan or a budget is
-    given, named stages exist, n_cull leaves a stage, and some plan the options allow meets the budget."""
+    given, the plan parts asked for apply to the model, named stages exist, n_cull leaves a stage, and
+    some plan the options allow meets the budget."""
     if budget is None:
         require_plan(options)
-    counter = PlanCounter(model_name, model_options, info.input_shape, info.num_classes)
-    labels = list(stage_sites(base_model(model_name, model_options, info.input_shape, info.num_classes)))
+    counter = PlanCounter(model_name, model_options, info.input_shape, info.num_classes, options.stages)
+    counter.applies.refuse(options)
+    labels = counter.applies.stages.labels
     if options.cull is not None:
         check_cull(options.cull, labels, model_name)
     if budget is not None:
@@ -340,13 +422,16 @@ class DeepReDuce(Strategy):
         options: DeepReDuceOptions,
     ) -> nn.Module:
         require_plan(options)
-        labels = list(stage_sites(base_model(model_name, model_options, input_size, num_classes)))
+        applies = model_fit(base_model(model_name, model_options, input_size, num_classes), model_name, input_size, options.stages)
+        applies.refuse(options)
+        labels = applies.stages.labels
         order = None
         if needs_order(options, budgeted=False):
             recipe_filter = {"lr": options.lr}
             if options.criticality_epochs is not None:
                 recipe_filter["epochs"] = options.criticality_epochs
-            found = cached_order(default_cache_dir(), model_name, model_options, input_size, num_classes, recipe_filter)
+            found = cached_order(default_cache_dir(), model_name, model_options, input_size, num_classes, recipe_filter,
+                                 applies.stages)
             if found is None:
                 raise PlanNeedsTraining(
                     f"n_cull={options.n_cull} culls the least critical stages, and no criticality order of {model_name} "
@@ -356,26 +441,30 @@ class DeepReDuce(Strategy):
                 )
             order = found[0]
         culls = cull_choices(options, labels, order, budgeted=False)
-        spec = candidate_specs(options, culls, budgeted=False)[0]
-        return build_plan(model_name, model_options, input_size, num_classes, spec)[0]
+        spec = candidate_specs(options, culls, False, applies)[0]
+        return build_plan(model_name, model_options, input_size, num_classes, spec, applies)[0]
 
     def preview(self, model_name: str, model_options: Mapping[str, Any], info: DatasetInfo, budget: int | None,
                 options: DeepReDuceOptions) -> str:
         counter, labels = check_before_training(model_name, model_options, info, budget, options)
         if needs_order(options, budget is not None):
-            return (f"measure the criticality of stages {','.join(labels)} by training, then train the plan "
+            line = (f"measure the criticality of stages {','.join(labels)} by training, then train the plan "
                     + (f"keeping the most ReLUs within {budget:,}" if budget is not None else f"culling the {options.n_cull} least critical"))
-        spec, relus, candidates = choose_plan(counter, options, labels, None, budget)
-        how = f"the most ReLUs within the budget of {budget:,} among {candidates} candidate plans" if candidates > 1 else "as set"
-        return f"plan {spec.describe()}: {relus:,} ReLUs ({how}); train it with KD from the teacher"
+        else:
+            spec, relus, candidates = choose_plan(counter, options, labels, None, budget)
+            how = f"the most ReLUs within the budget of {budget:,} among {candidates} candidate plans" if candidates > 1 else "as set"
+            line = f"plan {spec.describe()}: {relus:,} ReLUs ({how}); train it with KD from the teacher"
+        return f"{line}\n{counter.applies.describe()}"
 
     def run(self, ctx: Context, options: DeepReDuceOptions) -> Outcome:
         info = ctx.data.info
         counter, labels = check_before_training(ctx.model_name, ctx.model_options, info, ctx.budget, options)
+        applies = counter.applies
+        ctx.log(applies.describe())
         teacher = ctx.teacher()
         measured: Criticality | None = None
         if needs_order(options, ctx.budget is not None):
-            measured = criticality(ctx, criticality_recipe(options, info.name, ctx.seed), teacher)
+            measured = criticality(ctx, criticality_recipe(options, info.name, ctx.seed), teacher, stages=applies.stages)
             ctx.log(measured.describe())
         spec, relus, candidates = choose_plan(counter, options, labels, measured.order if measured else None, ctx.budget)
         how = f"the most ReLUs within the budget of {ctx.budget:,} among {candidates} candidate plans" if candidates > 1 else "as set"
@@ -384,11 +473,11 @@ class DeepReDuce(Strategy):
             ctx.log(measured.culls(spec.cull))
         progress.note_relus(relus)
 
-        student, student_options = build_plan(ctx.model_name, ctx.model_options, info.input_shape, info.num_classes, spec)
+        student, student_options = build_plan(ctx.model_name, ctx.model_options, info.input_shape, info.num_classes, spec, applies)
         same_architecture = spec.alpha == 1 and spec.rho == 1
         if same_architecture:
             student.load_state_dict(teacher.state_dict())
-            apply_masks(student, spec.cull, spec.thin)  # loading the teacher's state resets the masks
+            apply_masks(student, applies, spec.cull, spec.thin)  # loading the teacher's state resets the masks
         epochs = options.epochs or _per_dataset(DEFAULT_EPOCHS, info.name, teacher_config(info.name).epochs)
         config = ctx.final_training(replace(
             teacher_config(info.name),
