@@ -12,6 +12,7 @@ import pytest
 from search.strategies import get_strategy
 from search.strategies.snl import RELEASED_DEFAULTS, SNLOptions
 from search.study.searcher import TRIAL_KEY, define_space, enqueue_defaults
+from tests.conftest import PROJECT_ROOT
 
 
 def _ask(fixed: dict[str, dict[str, object]], trials: int = 5, names: tuple[str, ...] = ("snl", "deepreduce")) -> optuna.Study:
@@ -61,3 +62,14 @@ def test_default_recipe_first_trial_honours_fixed_options() -> None:
     assert decided["options"]["lam"] == pytest.approx(RELEASED_DEFAULTS.lam * 10)  # the recipe for 10 epochs
     assert "snl/lr" not in trial.params and "snl/max_epochs" not in trial.params
     assert trial.params["relu_target"] == 1_000
+
+
+@pytest.mark.parametrize("model, sampled", [("resnet18", {"alpha", "rho"}), ("my_model:make_net", {"alpha"})])
+def test_deepreduce_samples_only_the_reshaping_its_model_declares(model: str, sampled: set[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "examples"))  # the user model of examples/my_model.py: width, no stem_stride
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    space = define_space({"deepreduce": get_strategy("deepreduce")}, 4_096, "digits", {}, model)
+    decided = space(study.ask())[TRIAL_KEY]
+    assert "error" not in decided, decided
+    assert {"alpha", "rho"} & set(decided["options"]) == sampled

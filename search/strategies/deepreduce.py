@@ -405,13 +405,19 @@ class DeepReDuce(Strategy):
     Options = DeepReDuceOptions
     summary = "cull the least critical ResNet stages, thin, reshape (alpha, rho), train with KD"
 
-    def suggest(self, trial: optuna.Trial, budget: int | None) -> dict[str, Any]:
-        return {
+    def suggest(self, trial: optuna.Trial, budget: int | None, model: str | None = None) -> dict[str, Any]:
+        """Culling and thinning always; alpha and rho only where the study's ``model`` declares
+        ``width`` and ``stem_stride`` (a user's model may not: those trials would only be refused)."""
+        declared = declared_model_options(model) if model is not None else {"width": None, "stem_stride": None}
+        chosen: dict[str, Any] = {
             "n_cull": trial.suggest_categorical("deepreduce/n_cull", SUGGESTED_N_CULL),
             "thin": trial.suggest_categorical("deepreduce/thin", [False, True]),
-            "alpha": trial.suggest_categorical("deepreduce/alpha", SUGGESTED_ALPHA),
-            "rho": trial.suggest_categorical("deepreduce/rho", list(RHOS)),
         }
+        if "width" in declared:
+            chosen["alpha"] = trial.suggest_categorical("deepreduce/alpha", SUGGESTED_ALPHA)
+        if "stem_stride" in declared:
+            chosen["rho"] = trial.suggest_categorical("deepreduce/rho", list(RHOS))
+        return chosen
 
     def plan(
         self,

@@ -72,16 +72,17 @@ class PinnedTrial:
         return getattr(self._trial, attribute)
 
 
-def _suggest(strategy: Strategy, trial: optuna.Trial, target: int, dataset: str, fixed: Mapping[str, Any]) -> dict[str, Any]:
-    """``strategy.suggest`` on a :class:`PinnedTrial`, told the dataset and the fixed options where its
-    signature takes them (a plug-in need not)."""
+def _suggest(strategy: Strategy, trial: optuna.Trial, target: int, dataset: str, fixed: Mapping[str, Any],
+             model: str | None) -> dict[str, Any]:
+    """``strategy.suggest`` on a :class:`PinnedTrial`, told the dataset, the fixed options and the
+    study's model where its signature takes them (a plug-in need not)."""
     accepted = inspect.signature(strategy.suggest).parameters
-    extra = {k: v for k, v in (("dataset", dataset), ("fixed", fixed)) if k in accepted}
+    extra = {k: v for k, v in (("dataset", dataset), ("fixed", fixed), ("model", model)) if k in accepted}
     return strategy.suggest(PinnedTrial(trial, strategy.name, fixed), target, **extra)  # type: ignore[arg-type]
 
 
 def define_space(strategies: dict[str, Strategy], cap: int, dataset: str,
-                 fixed: Mapping[str, Mapping[str, Any]] | None = None) -> Callable[[optuna.Trial], dict[str, Any]]:
+                 fixed: Mapping[str, Mapping[str, Any]] | None = None, model: str | None = None) -> Callable[[optuna.Trial], dict[str, Any]]:
     """Define-by-run space: the strategy (a categorical when there are several), a ReLU target for
     strategies that use one (``Strategy.uses_target``), then the strategy's own options, except those
     ``fixed`` (per strategy, from ``--set``), which are never sampled.
@@ -101,7 +102,7 @@ def define_space(strategies: dict[str, Strategy], cap: int, dataset: str,
         target = trial.suggest_int(TARGET_PARAM, max(1, cap // 100), cap, log=True) if strategies[name].uses_target else cap
         decided: dict[str, Any] = {"strategy": name, "options": {}, "number": trial.number, "target": target}
         try:
-            decided["options"] = _suggest(strategies[name], trial, target, dataset, fixed.get(name, {}))
+            decided["options"] = _suggest(strategies[name], trial, target, dataset, fixed.get(name, {}), model)
         except Exception as err:  # a strategy's bug: the trial reports it as its failure
             decided["error"] = f"{name}.suggest raised {type(err).__name__}: {err}"
         return {TRIAL_KEY: decided}
