@@ -37,7 +37,7 @@ from search.train import EVAL_BATCH, TrainConfig, TrainStep, evaluate
 
 PROBE_BATCH = 4  # images in the first CPU step: the warm-up, and the small end of the extrapolation
 CPU_BATCH_CAP = 32  # the largest batch a dry run times on a CPU
-STEP_SECONDS = 1.0  # about how long a timed CPU step may take: bounds a dry run to seconds per network
+STEP_SECONDS = 2.0  # about how long a timed CPU step may take: bounds a dry run to seconds per network
 TIMED_STEPS = 2  # timed steps after the warm-up step at each batch, at least
 TIMED_SECONDS = 0.3  # and more, while they take less than this in all
 MAX_TIMED_STEPS = 50
