@@ -89,7 +89,7 @@ def test_a_cached_teacher_is_not_counted(tmp_path: Path, capsys: pytest.CaptureF
     code, stdout, _ = run_cli(search.linearize, [*argv, "--dry-run"], capsys)
     assert code == 0
     assert "phase teacher: not run (full-ReLU resnet_tiny; cached, a run loads it)" in stdout
-    assert re.search(r"^phase train: 1 epoch x 16 steps of batch 64, ~", stdout, re.M) and "KD from the teacher" in stdout
+    assert re.search(r"^phase train: 1 epoch x 16 steps of batch 64, ~", stdout, re.MULTILINE) and "KD from the teacher" in stdout
 
 
 def test_a_strategy_without_declared_phases_has_no_estimate(capsys: pytest.CaptureFixture[str]) -> None:

@@ -70,8 +70,9 @@ PHASES = {
     "snl": (SNL_PHASES, "recipe teacher (full-ReLU resnet18): epochs=160 optimizer=sgd lr=0.1"),
     "deepreduce": ({"teacher": "200 epochs x 71 steps of batch 128", "train": "200 epochs x 71 steps of batch 128"},
                    "nesterov=true weight_decay=0.0001 batch_size=128 schedule=step"),
-    "cryptonas": ({"train": "310 epochs x 90 steps of batch 100"}, "schedule=restarts min_lr=0.001 milestones=none gamma=0.1 "
-                  "restart_epochs=10 restart_mult=2 grad_clip=5.0 clip_mode=per_tensor"),
+    "cryptonas": ({"train": "310 epochs x 90 steps of batch 100"},
+                  ("schedule=restarts min_lr=0.001 milestones=none gamma=0.1 restart_epochs=10 restart_mult=2 grad_clip=5.0 "
+                   "clip_mode=per_tensor")),
 }
 
 
