@@ -473,12 +473,13 @@ def _import_study_engine() -> None:
     _ = optuna.storages.RDBStorage  # Optuna imports SQLAlchemy on first use
 
 
-def first_trials(plan: Plan, verbose: bool) -> dict[str, tuple[Any, int | None]]:
-    """The options and budget of a new study's first trial of each strategy, drawn as the study draws
+def first_trials(plan: Plan, verbose: bool, path_sharing: bool) -> dict[str, tuple[Any, list[int]]]:
+    """The options and budgets of a new study's first trial of each strategy, drawn as the study draws
     them, in an in-memory study: its default recipe enqueued, the options that recipe leaves open
-    sampled by the run's sampler and seed, the target where the strategy trains to one."""
+    sampled by the run's sampler and seed; its budget the target where the strategy trains to one
+    (and, with ``path_sharing``, the larger ones along its path), else the study's."""
     from search.study.searcher import define_space, enqueue_defaults  # imports Ray Tune (not Ray): a dry run's only
-    from search.study.trial import TRIAL_KEY
+    from search.study.trial import PATH_RUNGS, TRIAL_KEY, path_budgets
 
     settings = plan.settings
     fixed = settings.extra.get("fixed_options", {})
@@ -487,7 +488,7 @@ def first_trials(plan: Plan, verbose: bool) -> dict[str, tuple[Any, int | None]]
     study = optuna.create_study(directions=settings.directions, sampler=make_sampler(settings.sampler, settings.seed))
     enqueue_defaults(study, plan.strategies, cap, settings.dataset, fixed)
     space = define_space(plan.strategies, cap, settings.dataset, fixed)
-    first: dict[str, tuple[Any, int | None]] = {}
+    first: dict[str, tuple[Any, list[int]]] = {}
     for _ in plan.strategies:
         decided = space(study.ask())[TRIAL_KEY]
         name = decided["strategy"]
@@ -495,7 +496,9 @@ def first_trials(plan: Plan, verbose: bool) -> dict[str, tuple[Any, int | None]]
             raise SearchError(decided["error"])
         strategy = plan.strategies[name]
         options = strategy.parse_options({**decided["options"], **fixed.get(name, {})})
-        first[name] = (options, decided["target"] if strategy.trains_to_budget else settings.budget)
+        budget = decided["target"] if strategy.trains_to_budget else settings.budget
+        path = path_budgets(budget, cap, PATH_RUNGS) if path_sharing and strategy.shares_path and budget is not None else []
+        first[name] = (options, [budget, *path] if budget is not None else [])
     return first
 
 
@@ -510,7 +513,7 @@ def print_estimates(args: argparse.Namespace, plan: Plan, data: Dataset) -> None
         device, unavailable = None, f"{err} (the steps are timed on this machine)"
     estimator = None if device is None else Estimator(info, len(data.train), len(data.val), device, settings.model,
                                                       settings.model_options, max(1, int(args.cpus_per_trial)))
-    first = first_trials(plan, args.verbose)
+    first = first_trials(plan, args.verbose, args.path_sharing)
     recipe = teacher_config(info.name, extra.get("teacher_epochs"), extra.get("teacher_options"))
     teacher_seconds: float | None = 0.0
     if any(strategy.uses_teacher(first[name][0]) for name, strategy in plan.strategies.items()):
@@ -524,11 +527,12 @@ def print_estimates(args: argparse.Namespace, plan: Plan, data: Dataset) -> None
             teacher_seconds = report([teacher], estimator, unavailable, total="teacher estimate (once: the trials share it)")
     trials: dict[str, float | None] = {}
     for name, strategy in plan.strategies.items():
-        options, budget = first[name]
-        target = f"target {budget:,} ReLUs" if strategy.trains_to_budget else f"budget {f'{budget:,}' if budget else 'none'}"
+        options, budgets = first[name]
+        shown = ", ".join(f"{b:,}" for b in budgets) or "none"
+        target = f"target{'s' if len(budgets) > 1 else ''} {shown} ReLUs" if strategy.trains_to_budget else f"budget {shown}"
         print(f"first trial of {name} (its default recipe; what it leaves open, sampled; {target}): {show_options(options)}")
-        phases, unknown = strategy_phases(strategy, options, settings.model, settings.model_options, info,
-                                          [budget] if budget else [], extra.get("train_options", {}))
+        phases, unknown = strategy_phases(strategy, options, settings.model, settings.model_options, info, budgets,
+                                          extra.get("train_options", {}))
         trials[name] = report(phases, estimator, unknown or unavailable, total="estimate of the trial",
                               say=lambda line: print(f"  {line}"))
     print(study_estimate(args, settings, trials, teacher_seconds))

@@ -207,6 +207,15 @@ def test_run_dry_run_estimates_each_first_trial_and_the_study(tmp_path: Path, no
     assert torch.get_num_threads() == threads  # timed with a trial's threads, then put back
 
 
+def test_run_dry_run_with_path_sharing_counts_a_finetune_per_point_of_the_path(tmp_path: Path, no_ray: object,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, err = run_cli(search.run, ["--strategy", "snl", "--path-sharing", "--run-dir", str(tmp_path / "run"),
+                                             "--cache-dir", str(tmp_path / "cache"), "--dry-run"], capsys)
+    assert code == 0, err
+    assert "(its default recipe; what it leaves open, sampled; targets 460, 920, 1,840 ReLUs)" in stdout
+    assert re.search(r"^  phase finetune x3: 10 epochs x 16 steps of batch 64, ~", stdout, re.MULTILINE), stdout
+
+
 def test_run_dry_run_on_a_device_this_machine_lacks_says_so(tmp_path: Path, no_ray: object,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     if torch.cuda.is_available():
