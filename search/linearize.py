@@ -3,23 +3,24 @@
 Ends with the line ``relus=N val_acc=A test_acc=T`` (accuracies as fractions), one ``budget=B ...``
 line per budget when given several (``--budget 5%,10%,25%``); ``--out`` saves the
 weights and masks, loadable with ``search.checkpoint.load_model``. Every input, output paths included,
-is checked before anything trains; ``--dry-run`` stops there and says what a run would do.
+is checked before anything trains; ``--dry-run`` stops there and says what a run would do and about
+how long it would take (:mod:`search.estimate`).
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from search.cli import ArgumentParser, add_data_arguments, add_model_arguments, run_main
 from search.config import describe_about, parse_with_config
 from search.data import dataset_info, load_dataset
-from search.dryrun import check_data, teacher_status
+from search.dryrun import check_data, teacher_file, teacher_status
 from search.errors import SearchError
+from search.estimate import Estimator, report, strategy_phases, teacher_phase
 from search.nonlinear import warn_nonlinear
-from search.options import show_default
+from search.options import show_options
 from search.outputs import cache_option, check_writable_dir, check_writable_file
 from search.pipeline import Job, Prepared, budget_path, execute, execute_budgets, full_relu_count, prepare
 from search.preflight import check_device, check_seed
@@ -27,13 +28,7 @@ from search.settings import describe_options, parse_budgets, split_settings
 from search.spaces import build_model
 from search.strategies import describe_strategies, get_strategy, list_strategies
 from search.teacher import default_cache_dir
-
-
-def _show_options(options: object) -> str:
-    """Every option a strategy will use, as ``--set`` would spell it (dataclass options; else its repr)."""
-    if not is_dataclass(options) or isinstance(options, type):
-        return repr(options)
-    return ", ".join(f"{k}={show_default(v)}" for k, v in asdict(options).items()) or "none"
+from search.train import pick_device
 
 
 def build_parser() -> ArgumentParser:
@@ -63,7 +58,8 @@ def build_parser() -> ArgumentParser:
                         "budget: 10%%, set: [max_epochs=2000]), such as the papers' recipes in recipes/; the command line "
                         "overrides it, a --set KEY=VALUE the file's entry of that key")
     parser.add_argument("--dry-run", action="store_true", help="check every input as a run would and print what it "
-                        "would do (model, ReLUs, budget, plan, data, teacher); train and write nothing")
+                        "would do (model, ReLUs, budget, plan, data, teacher, each training phase's resolved recipe) and "
+                        "an estimate of its compute (a few steps timed on --device); train and write nothing")
     return parser
 
 
@@ -84,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"budget{'s' if len(budgets) > 1 else ''} {shown}")
     if args.dry_run:
         print(f"dry run (nothing is trained or written): {header}")
-        print_dry_run(prepared, outputs, cache_dir)
+        print_dry_run(prepared, outputs, cache_dir, budgets)
         return 0
     print(header)
     data = load_dataset(job.dataset, job.data_dir, job.download)  # missing or corrupt files fail before training
@@ -141,22 +137,32 @@ def checked_job(args: argparse.Namespace) -> tuple[Prepared, list[Path], Path, l
     return prepare(job), outputs, cache_dir, budgets
 
 
-def print_dry_run(prepared: Prepared, outputs: list[Path], cache_dir: Path) -> None:
+def print_dry_run(prepared: Prepared, outputs: list[Path], cache_dir: Path, budgets: list[int]) -> None:
     """What a run would do, after the checks the run makes before training (the strategy's own
-    included) and reading the data as the run would."""
+    included) and reading the data as the run would: the resolved recipe of each training phase and
+    the compute it would take (:mod:`search.estimate`: a few steps timed on the run's device)."""
     job, strategy, info = prepared.job, prepared.strategy, dataset_info(prepared.job.dataset)
     plan = strategy.preview(prepared.model_name, prepared.model_options, info, job.budget, prepared.options)
     data, data_line = check_data(job.dataset, job.data_dir, job.download)
     print(f"model options: {describe_options(prepared.model_options)}")
-    print(f"strategy options: {_show_options(prepared.options)}")
+    print(f"strategy options: {show_options(prepared.options)}")
     print(f"plan: {plan}")
     print(data_line)
-    if strategy.uses_teacher(prepared.options):
-        recipe = prepared.teacher_recipe
-        print(teacher_status(prepared.model_name, prepared.model_options, data, recipe, cache_dir))
-    else:
-        print("teacher: not used with these options")
+    uses_teacher = strategy.uses_teacher(prepared.options)
+    recipe = prepared.teacher_recipe
+    print(teacher_status(prepared.model_name, prepared.model_options, data, recipe, cache_dir) if uses_teacher
+          else "teacher: not used with these options")
     print(f"output: {', '.join(map(str, outputs)) or 'none (no --out)'}")
+    phases, unknown = strategy_phases(strategy, prepared.options, prepared.model_name, prepared.model_options, info, budgets,
+                                      job.train_options)
+    if uses_teacher:
+        cached = data is not None and teacher_file(prepared.model_name, prepared.model_options, data, recipe, cache_dir).is_file()
+        phases.insert(0, teacher_phase(prepared.model_name, prepared.model_options, info, recipe, cached))
+    if data is None:
+        report(phases, None, "the data is not downloaded yet, and its size sets the steps per epoch")
+        return
+    report(phases, Estimator(info, len(data.train), len(data.val), pick_device(job.device), prepared.model_name,
+                             prepared.model_options), unknown)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ the kernel walks NHWC memory as it walks NCHW, the mask's gradient is permuted b
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -47,9 +48,12 @@ def fused_backward() -> FusedBackward | None:
     """The compiled CPU backward, or None (disabled, or it cannot be built: said once on stderr)."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return None
-    from torch.utils import cpp_extension
-
+    chatter = logging.getLogger("torch.utils.cpp_extension")
+    level = chatter.level
+    chatter.setLevel(logging.ERROR)  # its import warns "No CUDA runtime is found": noise for a CPU kernel
     try:
+        from torch.utils import cpp_extension
+
         # -fno-trapping-math lets GCC turn the kernel's select into a vector blend: otherwise it keeps a
         # branch wherever the CPU lacks AVX-512's masked operations (13-25x slower on an AVX2 CPU)
         module = cpp_extension.load(_EXTENSION, [str(_SOURCE)], extra_cflags=["-O3", "-fno-trapping-math"], verbose=False)
@@ -58,6 +62,8 @@ def fused_backward() -> FusedBackward | None:
         print(f"search: the fused soft-mask kernel could not be built ({reason}); using the slower ATen backward",
               file=sys.stderr)
         return None
+    finally:
+        chatter.setLevel(level)
     return module.soft_mask_backward
 
 

@@ -169,6 +169,13 @@ def show_default(value: object, unset: str = "automatic") -> str:
     return str(value)
 
 
+def show_options(options: object) -> str:
+    """Every option a strategy will use, as ``--set`` would spell it (dataclass options; else its repr)."""
+    if not dataclasses.is_dataclass(options) or isinstance(options, type):
+        return repr(options)
+    return ", ".join(f"{k}={show_default(v)}" for k, v in dataclasses.asdict(options).items()) or "none"
+
+
 def option_lines(declared: Mapping[str, tuple[Any, Any]], unset: str = "automatic") -> list[str]:
     """One ``--set`` line per declared option: its name, the values it accepts and its default."""
     return [f"  --set {key}=...  {describe(hint)} (default: {show_default(default, unset)})"

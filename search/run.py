@@ -29,10 +29,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.cli import ArgumentParser, run_main
 from search.config import describe_about, parse_with_config
-from search.data import dataset_info, load_dataset
+from search.data import Dataset, dataset_info, load_dataset
+from search.dryrun import describe_data, teacher_file, teacher_status
 from search.errors import RunInterrupted, SearchError
+from search.estimate import Estimator, duration, recipe_line, report, strategy_phases, teacher_phase
 from search.nonlinear import warn_nonlinear
 from search.objectives import COST_PRESETS, Objective, cost_model, objectives
+from search.options import show_options
 from search.outputs import cache_option, check_writable_dir
 from search.pipeline import full_relu_count
 from search.relu import relu_table
@@ -45,7 +48,7 @@ from search.study.storage import check_storage, check_study, create_study, open_
 from search.study.timeshare import check_minutes
 from search.study.trial import PATH_RUNGS, TrialSpec
 from search.teacher import default_cache_dir
-from search.train import teacher_config
+from search.train import pick_device, teacher_config
 
 DEFAULTS: dict[str, Any] = {
     "strategy": "snl",
@@ -125,7 +128,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="YAML file of options, keyed by their long names (e.g. strategy: snl, "
                         "trial-timeout: 600, set: [width=0.5]); options on the command line override it")
     parser.add_argument("--dry-run", action="store_true", help="check every option, the data, the run directory and the storage, "
-                        "print what would run, and stop: nothing is written, Ray is not started")
+                        "print what would run, each strategy's first trial's training recipes and estimated compute (a few "
+                        "steps timed here) and the study's, and stop: nothing is trained or written, Ray is not started")
     parser.add_argument("--no-early-stop", action="store_true", help="run every trial to its end: no pruning of targets out of "
                         "reach, no stopping of trials dominated at a rung (see README, Early stopping)")
     parser.add_argument("--path-sharing", action="store_true", help="an SNL trial also finetunes the masks it passed at 2x "
@@ -387,8 +391,9 @@ class Plan:
     new: bool
 
 
-def plan_run(args: argparse.Namespace) -> Plan:
-    """Check every input (names, numbers, paths, storage, data) without writing anything or starting Ray."""
+def plan_run(args: argparse.Namespace) -> tuple[Plan, Dataset]:
+    """Check every input (names, numbers, paths, storage, data) without writing anything or starting
+    Ray; the plan, and the data as loaded (a dry run's estimate reads it; trials load their own)."""
     if args.address:
         cluster.check_reachable(args.address)
     if args.resume:
@@ -410,20 +415,22 @@ def plan_run(args: argparse.Namespace) -> Plan:
     chosen = objectives(settings.objectives, cost_model(settings.cost_model))
     if [o.name for o in chosen] != settings.objectives:
         raise SearchError(f"{run_dir}/{rundir.SETTINGS_FILE} lists objectives {settings.objectives} in an order this version cannot use")
-    load_dataset(settings.dataset, args.data_dir)  # missing or corrupt data fails here, not in every trial
+    data = load_dataset(settings.dataset, args.data_dir)  # missing or corrupt data fails here, not in every trial
     if not args.resume:
         rundir.check_new_run_dir(run_dir)
         check_storage(settings.storage, must_exist=False)
     check_writable_dir(args.cache_dir if args.cache_dir is not None else default_cache_dir(), cache_option(args.cache_dir))
-    return Plan(run_dir, settings, strategies, chosen, new=not args.resume)
+    return Plan(run_dir, settings, strategies, chosen, new=not args.resume), data
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    plan = plan_run(args)
+    plan, data = plan_run(args)
     if args.dry_run:
         print(f"dry run: {describe_plan(plan)}; nothing written")
+        print_estimates(args, plan, data)
         return 0
+    del data
     run_dir, settings = plan.run_dir, plan.settings
     with rundir.claim(run_dir, new=plan.new) as lock:
         cluster.quiet(args.verbose)
@@ -464,6 +471,100 @@ def _import_study_engine() -> None:
     mostly waits for Ray's processes to start."""
     importlib.import_module("search.study.engine")
     _ = optuna.storages.RDBStorage  # Optuna imports SQLAlchemy on first use
+
+
+def first_trials(plan: Plan, verbose: bool, path_sharing: bool) -> dict[str, tuple[Any, list[int]]]:
+    """The options and budgets of a new study's first trial of each strategy, drawn as the study draws
+    them, in an in-memory study: its default recipe enqueued, the options that recipe leaves open
+    sampled by the run's sampler and seed; its budget the target where the strategy trains to one
+    (and, with ``path_sharing``, the larger ones along its path), else the study's."""
+    from search.study.searcher import define_space, enqueue_defaults  # imports Ray Tune (not Ray): a dry run's only
+    from search.study.trial import PATH_RUNGS, TRIAL_KEY, path_budgets
+
+    settings = plan.settings
+    fixed = settings.extra.get("fixed_options", {})
+    cap = settings.budget or settings.full_relus
+    cluster.quiet(verbose)
+    study = optuna.create_study(directions=settings.directions, sampler=make_sampler(settings.sampler, settings.seed))
+    enqueue_defaults(study, plan.strategies, cap, settings.dataset, fixed)
+    space = define_space(plan.strategies, cap, settings.dataset, fixed)
+    first: dict[str, tuple[Any, list[int]]] = {}
+    for _ in plan.strategies:
+        decided = space(study.ask())[TRIAL_KEY]
+        name = decided["strategy"]
+        if decided.get("error"):
+            raise SearchError(decided["error"])
+        strategy = plan.strategies[name]
+        options = strategy.parse_options({**decided["options"], **fixed.get(name, {})})
+        budget = decided["target"] if strategy.trains_to_budget else settings.budget
+        path = path_budgets(budget, cap, PATH_RUNGS) if path_sharing and strategy.shares_path and budget is not None else []
+        first[name] = (options, [budget, *path] if budget is not None else [])
+    return first
+
+
+def print_estimates(args: argparse.Namespace, plan: Plan, data: Dataset) -> None:
+    """For ``--dry-run``: the teacher's and each strategy's first trial's resolved recipes and compute
+    (:mod:`search.estimate`, timed here with the threads a trial gets), and the study's, roughly."""
+    settings, info, extra = plan.settings, dataset_info(plan.settings.dataset), plan.settings.extra
+    print(describe_data(data))
+    try:
+        device, unavailable = pick_device(args.device), ""
+    except SearchError as err:  # the trials may run where there is one: only this machine cannot time it
+        device, unavailable = None, f"{err} (the steps are timed on this machine)"
+    estimator = None if device is None else Estimator(info, len(data.train), len(data.val), device, settings.model,
+                                                      settings.model_options, max(1, int(args.cpus_per_trial)))
+    first = first_trials(plan, args.verbose, args.path_sharing)
+    recipe = teacher_config(info.name, extra.get("teacher_epochs"), extra.get("teacher_options"))
+    teacher_seconds: float | None = 0.0
+    if any(strategy.uses_teacher(first[name][0]) for name, strategy in plan.strategies.items()):
+        cache_dir = Path(args.cache_dir) if args.cache_dir is not None else default_cache_dir()
+        print(teacher_status(settings.model, settings.model_options, data, recipe, cache_dir))
+        cached = teacher_file(settings.model, settings.model_options, data, recipe, cache_dir).is_file()
+        teacher = teacher_phase(settings.model, settings.model_options, info, recipe, cached)
+        if cached:
+            print(recipe_line(teacher))
+        else:
+            teacher_seconds = report([teacher], estimator, unavailable, total="teacher estimate (once: the trials share it)")
+    trials: dict[str, float | None] = {}
+    for name, strategy in plan.strategies.items():
+        options, budgets = first[name]
+        shown = ", ".join(f"{b:,}" for b in budgets) or "none"
+        target = f"target{'s' if len(budgets) > 1 else ''} {shown} ReLUs" if strategy.trains_to_budget else f"budget {shown}"
+        print(f"first trial of {name} (its default recipe; what it leaves open, sampled; {target}): {show_options(options)}")
+        phases, unknown = strategy_phases(strategy, options, settings.model, settings.model_options, info, budgets,
+                                          extra.get("train_options", {}))
+        trials[name] = report(phases, estimator, unknown or unavailable, total="estimate of the trial",
+                              say=lambda line: print(f"  {line}"))
+    print(study_estimate(args, settings, trials, teacher_seconds))
+
+
+def study_estimate(args: argparse.Namespace, settings: rundir.RunSettings, trials: dict[str, float | None],
+                   teacher_seconds: float | None) -> str:
+    """The study's compute as its number of trials (or its time shares) times the mean first trial,
+    plus the teacher once: rough, since sampled trials differ from the default ones."""
+    unknown = [name for name, seconds in trials.items() if seconds is None] + (["the teacher"] if teacher_seconds is None else [])
+    if unknown:
+        return f"study estimate: unavailable: no estimate of {', '.join(unknown)} (see above)"
+    mean = sum(trials.values()) / len(trials)  # type: ignore[arg-type]
+    bounds = []
+    if settings.trials is not None:
+        bounds.append((settings.trials * mean, f"{settings.trials} trials x ~{duration(mean)}"
+                       + (" (the mean first trial)" if len(trials) > 1 else "")))
+    if settings.minutes_per_strategy is not None:
+        bounds.append((settings.minutes_per_strategy * 60 * len(trials),
+                       f"{settings.minutes_per_strategy:g} min per strategy x {len(trials)}"))
+    seconds, how = min(bounds)
+    if teacher_seconds:
+        seconds, how = seconds + teacher_seconds, f"{how} + the teacher {duration(teacher_seconds)}"
+    concurrency = args.concurrency or (None if args.address else max(1, int((os.cpu_count() or 1) // args.cpus_per_trial)))
+    concurrency = min(concurrency or 1, settings.trials or math.inf)
+    notes = [f"about {duration(seconds / concurrency)} of wall time with {concurrency} trials at a time"] if concurrency > 1 else []
+    if args.address:
+        notes.append("timed on this machine, not on the cluster's nodes")
+    if settings.trials is not None and args.resume:
+        notes.append("the trials already finished count against it")
+    return (f"study estimate (rough: sampled trials differ from the default recipes, and early stopping ends some "
+            f"sooner): {how} = {duration(seconds)} of trial compute" + "".join(f"; {note}" for note in notes))
 
 
 def describe_plan(plan: Plan) -> str:

@@ -231,6 +231,61 @@ def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda")
 
 
+EVAL_BATCH = 512  # batch of fit's evaluation of the validation split after every epoch
+
+
+@dataclass
+class TrainStep:
+    """One optimizer step of :func:`fit`: forward (float16 autocast on CUDA), cross-entropy plus Hinton
+    KD from ``teacher`` plus ``extra_loss``, backward, clipping, optimizer step. One object serves
+    ``fit`` and ``--dry-run``'s estimate (:mod:`search.estimate`), so the step timed is the step run."""
+
+    model: nn.Module
+    config: TrainConfig
+    device: torch.device
+    memory_format: torch.memory_format  # of the model's weights and of the batches it takes
+    params: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    teacher: nn.Module | None  # set only when the step distils (a teacher and kd_weight > 0)
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None
+
+    @classmethod
+    def build(cls, model: nn.Module, config: TrainConfig, device: torch.device, teacher: nn.Module | None = None,
+              extra_loss: Callable[[nn.Module], torch.Tensor] | None = None) -> TrainStep:
+        """The step training ``model`` with ``config``; the model (and teacher) moved to ``device``,
+        channels-last where the device is faster so (:mod:`search.layout`)."""
+        memory_format = preferred_format(device, model)
+        model.to(device, memory_format=memory_format)
+        if teacher is not None:
+            teacher.to(device, memory_format=memory_format).eval()
+        params = [p for p in model.parameters() if p.requires_grad]
+        return cls(model, config, device, memory_format, params, make_optimizer(params, config),
+                   torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
+                   teacher if teacher is not None and config.kd_weight > 0 else None, extra_loss)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on one batch; its loss and logits."""
+        config = self.config
+        with _autocast(self.device):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(x)
+                loss = loss + config.kd_weight * kd_loss(logits.float(), teacher_logits.float(), config.kd_temperature)
+            if self.extra_loss is not None:
+                loss = loss + self.extra_loss(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            clip_gradients(self.params, config)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, logits
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -254,18 +309,13 @@ def fit(
     still runs).
     """
     seed_everything(config.seed)
-    memory_format = preferred_format(device, model)  # channels-last where faster (search.layout), batches too
-    model.to(device, memory_format=memory_format)
-    if teacher is not None:
-        teacher.to(device, memory_format=memory_format).eval()
-    use_kd = teacher is not None and config.kd_weight > 0
+    step = TrainStep.build(model, config, device, teacher, extra_loss)
+    memory_format = step.memory_format
     train_loader = Loader(data.train, data.info, config.batch_size, device, shuffle=True, augment=config.augment, seed=config.seed,
                           memory_format=memory_format)
-    val_loader = Loader(data.val, data.info, 512, device, memory_format=memory_format)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, config)
+    val_loader = Loader(data.val, data.info, EVAL_BATCH, device, memory_format=memory_format)
+    optimizer = step.optimizer
     schedule = make_schedule(optimizer, config)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     result = FitResult(best_val_acc=-1.0, best_epoch=-1)
     best_state = None
     for epoch in range(1, config.epochs + 1):
@@ -275,22 +325,7 @@ def fit(
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         for x, y in train_loader:
-            with _autocast(device):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                if use_kd:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)  # type: ignore[misc]
-                    loss = loss + config.kd_weight * kd_loss(logits.float(), teacher_logits.float(), config.kd_temperature)
-                if extra_loss is not None:
-                    loss = loss + extra_loss(model)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                clip_gradients(params, config)
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logits = step(x, y)
             total_loss += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)

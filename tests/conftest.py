@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -24,3 +27,12 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     cache = tmp_path_factory.getbasetemp() / "search-cache"
     monkeypatch.setenv("SEARCH_CACHE_DIR", str(cache))
     return cache
+
+
+@contextmanager
+def quick_estimates() -> Iterator[None]:
+    """``--dry-run``'s estimate timing one step of 4 images per network (a warm-up step before it):
+    for tests of what a dry run prints or how a command line ends, not of how close the estimate is
+    (tests/test_dry_run.py checks that, at the real settings)."""
+    with mock.patch.multiple("search.estimate", STEP_SECONDS=0.0, TIMED_STEPS=1, TIMED_SECONDS=0.0):
+        yield

@@ -12,7 +12,8 @@ value of every vocabulary alone on a valid command line, which random sampling c
 
 ``search.linearize`` and ``search.train_teacher`` always get ``--dry-run``, or a command line that is
 invalid by construction; their training entry points are replaced by a tripwire, so a command that
-would start training fails the test instead of running for minutes. Calls run in-process through
+would start training fails the test instead of running for minutes; a dry run's estimate times one
+small step per network (``tests.conftest.quick_estimates``). Calls run in-process through
 ``search.cli.run_main`` (the real entry point's code path, without a new interpreter per example); a
 few subprocess cases at the end check the real entry points.
 
@@ -54,7 +55,7 @@ from search.spaces import build_model
 from search.study import rundir
 from search.teacher import teacher_key
 from search.train import teacher_config
-from tests.conftest import CIFAR_DIR, PROJECT_ROOT
+from tests.conftest import CIFAR_DIR, PROJECT_ROOT, quick_estimates
 
 EXAMPLES = int(os.environ.get("SEARCH_PROPERTY_EXAMPLES", "40"))
 PROPERTY = settings(
@@ -288,6 +289,7 @@ def call(world: World, module: str, argv: Sequence[str]) -> Outcome:
     with contextlib.ExitStack() as stack:
         for name in TRIPWIRES.get(module, ()):
             stack.enter_context(mock.patch.object(mod, name, _tripwire))
+        stack.enter_context(quick_estimates())
         stack.enter_context(mock.patch.dict(os.environ, env))
         stack.enter_context(contextlib.chdir(world.cwd))
         stack.enter_context(contextlib.redirect_stdout(out))

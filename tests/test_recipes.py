@@ -1,11 +1,13 @@
 """The papers' recipes under ``recipes/``: each names its source and published points that exist in
 the reference table, and each dry-runs (on the CIFAR-10 subset, the only CIFAR data here), planning
-the published network's exact ReLU count. Also ``--config`` itself: ``about`` and ``--set`` merging."""
+the published network's exact ReLU count and showing every training phase with its epochs and a
+compute estimate. Also ``--config`` itself: ``about`` and ``--set`` merging."""
 
 from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import yaml
 
 from search.cli import run_main
 from search.linearize import main as linearize_main
+from tests.conftest import quick_estimates
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((PROJECT_ROOT / "recipes").glob("*.yaml"))
@@ -52,8 +55,29 @@ def test_recipe_names_its_source_and_points_of_the_reference_table(path: Path) -
         assert point["dataset"] == recipe["dataset"]
 
 
+@pytest.fixture
+def quick() -> Iterator[None]:
+    """These tests read the phases and the estimate's form, not its accuracy."""
+    with quick_estimates():
+        yield
+
+
+# Each recipe's phases as its dry run prints them: name -> the start of its line (epochs, steps of the
+# 9,000 training images of the CIFAR-10 subset, batch), and a field its resolved recipe must show.
+SNL_PHASES = {"teacher": "160 epochs x 36 steps of batch 256", "mask": "up to 2,000 epochs x 71 steps of batch 128",
+              "finetune x6": "100 epochs x 71 steps of batch 128"}
+PHASES = {
+    "snl": (SNL_PHASES, "recipe teacher (full-ReLU resnet18): epochs=160 optimizer=sgd lr=0.1"),
+    "deepreduce": ({"teacher": "200 epochs x 71 steps of batch 128", "train": "200 epochs x 71 steps of batch 128"},
+                   "nesterov=true weight_decay=0.0001 batch_size=128 schedule=step"),
+    "cryptonas": ({"train": "310 epochs x 90 steps of batch 100"},
+                  ("schedule=restarts min_lr=0.001 milestones=none gamma=0.1 restart_epochs=10 restart_mult=2 grad_clip=5.0 "
+                   "clip_mode=per_tensor")),
+}
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
-def test_recipe_dry_runs_and_plans_the_published_count(path: Path, cifar_dir: Path,
+def test_recipe_dry_runs_and_plans_the_published_count(path: Path, cifar_dir: Path, quick: None,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     recipe = yaml.safe_load(path.read_text())
     args = ["--config", str(path), "--data-dir", str(cifar_dir), "--dry-run"]
@@ -71,6 +95,15 @@ def test_recipe_dry_runs_and_plans_the_published_count(path: Path, cifar_dir: Pa
         planned = int(re.search(r"([\d,]+) ReLUs \((?:as set|budget none)", out).group(1).replace(",", ""))  # type: ignore[union-attr]
         network = int(re.search(r"([\d,]+) ReLUs at 32x32", recipe["about"]["network"]).group(1).replace(",", ""))  # type: ignore[union-attr]
         assert planned == network and all(count == network for count in counts)
+    phases, field = PHASES[recipe["strategy"]]
+    lines = out.splitlines()
+    shown = {line.split(":")[0].removeprefix("phase "): line.split(": ", 1)[1] for line in lines if line.startswith("phase ")}
+    assert list(shown) == list(phases), out
+    for name, start in phases.items():
+        assert shown[name].startswith(f"{start}, ~"), shown[name]
+    assert field in out
+    total = re.fullmatch(r"estimate: (up to )?([\d.]+) (s|min|h|days) on cpu \(.*torch thread.*\)", lines[-1])
+    assert total and float(total.group(2)) > 0 and bool(total.group(1)) == (recipe["strategy"] == "snl"), lines[-1]
 
 
 def test_command_line_set_replaces_the_config_entry_of_that_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -45,10 +45,41 @@ class Context:
     train_overrides: Mapping[str, Any] = field(default_factory=dict)  # --set train.KEY: TrainConfig fields, typed
 
     def final_training(self, config: TrainConfig) -> TrainConfig:
-        """``config`` of the strategy's last training phase (the one whose model is the result) with
-        the user's ``train.KEY`` options applied over it: every knob of a paper's recipe is settable
-        without each strategy declaring it again."""
-        return dataclasses.replace(config, **self.train_overrides)
+        """:func:`final_training` with this run's ``train.KEY`` options."""
+        return final_training(config, self.train_overrides)
+
+
+def final_training(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """``config`` of the strategy's last training phase (the one whose model is the result) with the
+    user's ``train.KEY`` options (``overrides``, typed) applied over it: every knob of a paper's recipe
+    is settable without each strategy declaring it again. ``run`` and ``phases`` both go through here."""
+    return dataclasses.replace(config, **overrides)
+
+
+@dataclass
+class Phase:
+    """One training phase of a run, as :meth:`Strategy.phases` declares it for ``--dry-run``'s
+    estimate (:mod:`search.estimate`): the network in the state it trains in, and its recipe.
+
+    ``teacher``: ``fit`` gets the full-ReLU teacher (it distils when ``config.kd_weight`` > 0 too).
+    ``up_to``: the epochs are a cap the phase may stop before (SNL's mask phase ends at its budget).
+    ``runs``: how many times it trains (SNL's finetuning, once per budget). ``penalty``: the
+    ``extra_loss`` fit adds every step (SNL's Lasso). ``about``: the network, in a few words.
+    """
+
+    name: str
+    network: nn.Module
+    config: TrainConfig
+    teacher: bool = False
+    up_to: bool = False
+    runs: int = 1
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None
+    about: str = ""
+
+    @property
+    def distils(self) -> bool:
+        """Whether every step also runs the teacher forward (as :class:`search.train.TrainStep`)."""
+        return self.teacher and self.config.kd_weight > 0
 
 
 @dataclass
@@ -70,6 +101,11 @@ class TargetOutOfReach(SearchError):
 
 class PlanNeedsTraining(SearchError):
     """Raised by :meth:`Strategy.plan` when only training can tell the plan's ReLU count."""
+
+
+class PhasesUnknown(SearchError):
+    """Raised by :meth:`Strategy.phases` of a strategy that does not declare its training phases:
+    ``--dry-run`` then says its compute estimate is unavailable."""
 
 
 class Strategy(ABC):
@@ -127,6 +163,18 @@ class Strategy(ABC):
         except PlanNeedsTraining as why:
             return f"ReLU count known after training ({why})"
         return f"{relu_count(model, info.input_shape):,} ReLUs (the strategy's plan for these options)"
+
+    def phases(self, model_name: str, model_options: Mapping[str, Any], info: DatasetInfo, budgets: Sequence[int],
+               options: Any, train_overrides: Mapping[str, Any]) -> list[Phase]:
+        """The training phases of one :meth:`run_budgets` over ``budgets`` (empty: no budget; one
+        budget: what :meth:`run` trains), in order, without the full-ReLU teacher's (the pipeline's),
+        for ``--dry-run``'s estimate. No data, no training; the same checks as :meth:`preview`.
+        ``train_overrides`` are the ``train.KEY`` options, applied with :func:`final_training` to the
+        last phase as ``run`` applies them. Build each config with the helper ``run`` uses, so the
+        estimate cannot drift from the run.
+
+        The default raises PhasesUnknown: a plug-in that does not declare its phases gets no estimate."""
+        raise PhasesUnknown(f"strategy {self.name} does not declare its training phases (Strategy.phases)")
 
     def uses_teacher(self, options: Any) -> bool:
         """Whether :meth:`run` fetches the full-ReLU teacher (training it when it is not cached)."""

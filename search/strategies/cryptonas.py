@@ -25,7 +25,7 @@ nothing), and, with a budget, the share of it to fill ``cryptonas/fill`` (withou
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +37,8 @@ from search.errors import SearchError
 from search.relu import relu_count
 from search.spaces import build_model
 from search.spaces.cnet import OPS, CNet, Op, format_skips, parse_skips
-from search.strategies.base import Context, Outcome, Strategy
-from search.train import fit, teacher_config
+from search.strategies.base import Context, Outcome, Phase, Strategy, final_training
+from search.train import TrainConfig, fit, teacher_config
 
 if TYPE_CHECKING:
     import optuna
@@ -173,6 +173,14 @@ def checked_candidate(
     return arch, model, relus
 
 
+def train_config(options: CryptoNASOptions, info: DatasetInfo, seed: int) -> TrainConfig:
+    """The CNet's recipe before the user's ``train.KEY`` options: the dataset's full-ReLU recipe with
+    this strategy's epochs, lr and KD weight."""
+    recipe = teacher_config(info.name)
+    return replace(recipe, epochs=options.epochs or EPOCHS.get(info.name, recipe.epochs), lr=options.lr,
+                   kd_weight=options.kd_weight, augment=info.augment, seed=seed)
+
+
 class CryptoNAS(Strategy):
     """ReLU-balanced, one-ReLU-per-layer CNets sized to a ReLU budget (see the module docstring)."""
 
@@ -227,19 +235,22 @@ class CryptoNAS(Strategy):
     def uses_teacher(self, options: CryptoNASOptions) -> bool:
         return options.kd_weight > 0
 
+    def phases(self, model_name: str, model_options: Mapping[str, Any], info: DatasetInfo, budgets: Sequence[int],
+               options: CryptoNASOptions, train_overrides: Mapping[str, Any]) -> list[Phase]:
+        """One CNet trained from scratch per budget (``run`` once per budget), KD only when kd_weight > 0."""
+        config = final_training(train_config(options, info, 0), train_overrides)
+        phases = []
+        for budget in budgets or [None]:
+            arch, model, relus = checked_candidate(options, info, budget)
+            phases.append(Phase("train", model, config, teacher=self.uses_teacher(options),
+                                about=f"cnet layers={arch['layers']} width={arch['width']}, {relus:,} ReLUs"))
+        return phases
+
     def run(self, ctx: Context, options: CryptoNASOptions) -> Outcome:
         info = ctx.data.info
         arch, model, relus = checked_candidate(options, info, ctx.budget, ctx.log)
         progress.note_relus(relus)
-        recipe = teacher_config(info.name)
-        config = ctx.final_training(replace(
-            recipe,
-            epochs=options.epochs or EPOCHS.get(info.name, recipe.epochs),
-            lr=options.lr,
-            kd_weight=options.kd_weight,
-            augment=info.augment,
-            seed=ctx.seed,
-        ))
+        config = ctx.final_training(train_config(options, info, ctx.seed))
         teacher = ctx.teacher() if options.kd_weight > 0 else None
         result = fit(model, ctx.data, config, ctx.device, teacher=teacher, log=ctx.log, label="cryptonas")
         return Outcome(

@@ -38,7 +38,7 @@ from search.errors import SearchError
 from search.relu import relu_count, sites, trace_shapes
 from search.spaces import build_model
 from search.spaces import model_options as declared_model_options
-from search.strategies.base import Context, Outcome, PlanNeedsTraining, Strategy
+from search.strategies.base import Context, Outcome, Phase, PlanNeedsTraining, Strategy, final_training
 from search.strategies.criticality import Criticality, cached_order, criticality
 from search.strategies.stages import Stages, forward_sites, model_stages, residual_blocks
 from search.teacher import default_cache_dir
@@ -398,6 +398,14 @@ def criticality_recipe(options: DeepReDuceOptions, dataset: str, seed: int) -> T
     return replace(teacher_config(dataset), epochs=epochs, lr=options.lr, kd_weight=0.0, seed=seed)
 
 
+def train_recipe(options: DeepReDuceOptions, dataset: str, seed: int) -> TrainConfig:
+    """The plan's training before the user's ``train.KEY`` options: the dataset's full-ReLU recipe
+    with this strategy's epochs, lr and distillation."""
+    epochs = options.epochs or _per_dataset(DEFAULT_EPOCHS, dataset, teacher_config(dataset).epochs)
+    return replace(teacher_config(dataset), epochs=epochs, lr=options.lr, kd_weight=options.kd_weight,
+                   kd_temperature=options.kd_temperature, seed=seed)
+
+
 class DeepReDuce(Strategy):
     """Stage-level ReLU reduction: cull by criticality, thin, reshape, distil."""
 
@@ -484,15 +492,7 @@ class DeepReDuce(Strategy):
         if same_architecture:
             student.load_state_dict(teacher.state_dict())
             apply_masks(student, applies, spec.cull, spec.thin)  # loading the teacher's state resets the masks
-        epochs = options.epochs or _per_dataset(DEFAULT_EPOCHS, info.name, teacher_config(info.name).epochs)
-        config = ctx.final_training(replace(
-            teacher_config(info.name),
-            epochs=epochs,
-            lr=options.lr,
-            kd_weight=options.kd_weight,
-            kd_temperature=options.kd_temperature,
-            seed=ctx.seed,
-        ))
+        config = ctx.final_training(train_recipe(options, info.name, ctx.seed))
         result = fit(student, ctx.data, config, ctx.device, teacher=teacher, log=ctx.log, label="deepreduce")
         counted = relu_count(student, info.input_shape)
         details: dict[str, Any] = {
@@ -504,3 +504,23 @@ class DeepReDuce(Strategy):
             "criticality": {**measured.as_details(), "culls": list(spec.cull)} if measured else None,
         }
         return Outcome(student, ctx.model_name, student_options, counted, result.best_val_acc, details)
+
+    def phases(self, model_name: str, model_options: Mapping[str, Any], info: DatasetInfo, budgets: Sequence[int],
+               options: DeepReDuceOptions, train_overrides: Mapping[str, Any]) -> list[Phase]:
+        """Criticality when the culled stages are left to it (one finetuning per stage and one of the
+        all-linear network, measured once and cached), then the plan trained with KD, once per budget.
+        Before criticality is measured the plan is not known: the estimate takes the plan keeping the
+        most ReLUs that any order could give (its width and stride set its cost)."""
+        phases = []
+        for budget in budgets or [None]:
+            counter, labels = check_before_training(model_name, model_options, info, budget, options)
+            if needs_order(options, budget is not None) and not phases:
+                stage_only = base_model(model_name, model_options, info.input_shape, info.num_classes)
+                apply_masks(stage_only, counter.applies, labels[1:], thin=False)
+                phases.append(Phase("criticality", stage_only, criticality_recipe(options, info.name, 0), runs=len(labels) + 1,
+                                    about=f"stage-only networks of {','.join(labels)} and the all-linear one"))
+            spec, relus, _ = choose_plan(counter, options, labels, None, budget)
+            student = build_plan(model_name, model_options, info.input_shape, info.num_classes, spec, counter.applies)[0]
+            phases.append(Phase("train", student, final_training(train_recipe(options, info.name, 0), train_overrides), teacher=True,
+                                about=f"plan {spec.describe()}, {relus:,} ReLUs"))
+        return phases

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,7 +30,7 @@ from search.data import DatasetInfo, Loader
 from search.errors import SearchError
 from search.relu import ReLUSite, active_relus, relu_count, sites, trace_shapes
 from search.spaces import build_model
-from search.strategies.base import Context, Outcome, Strategy, TargetOutOfReach
+from search.strategies.base import Context, Outcome, Phase, Strategy, TargetOutOfReach, final_training
 from search.train import EpochStats, TrainConfig, evaluate, fit
 
 if TYPE_CHECKING:
@@ -302,6 +302,26 @@ def select_top(masked: list[ReLUSite], budget: int) -> int:
     return budget - room
 
 
+def _mask_config(opts: SNLOptions, info: DatasetInfo, seed: int) -> TrainConfig:
+    """The mask phase's recipe (``opts`` resolved): Adam on weights and masks, constant lr, no weight
+    decay; ``max_epochs`` is a cap, the phase ends at its budget."""
+    return _phase_config(opts, info, seed, epochs=opts.max_epochs, optimizer="adam", lr=opts.lr, weight_decay=0.0,
+                         schedule="constant")
+
+
+def _finetune_config(opts: SNLOptions, info: DatasetInfo, seed: int) -> TrainConfig:
+    """The finetuning recipe (``opts`` resolved), before the user's ``train.KEY`` options: SGD with
+    momentum 0.9, weight decay 5e-4, cosine, as released."""
+    return _phase_config(opts, info, seed, epochs=opts.finetune_epochs, optimizer="sgd", lr=opts.finetune_lr, momentum=0.9,
+                         weight_decay=5e-4, schedule="cosine")
+
+
+def _phase_config(opts: SNLOptions, info: DatasetInfo, seed: int, **recipe: Any) -> TrainConfig:
+    """What both phases share: the batch, the dataset's augmentation, KD from the teacher."""
+    return TrainConfig(batch_size=opts.batch_size, augment=info.augment, kd_weight=opts.kd_weight,  # type: ignore[arg-type]
+                       kd_temperature=opts.kd_temperature, seed=seed, **recipe)
+
+
 def _require_budget(budget: int | None) -> int:
     if budget is None:
         raise SearchError("strategy snl needs a ReLU budget (--budget N or a percentage such as 10%)")
@@ -389,18 +409,7 @@ class SNL(Strategy):
                            max_epochs=opts.max_epochs, early_stop=ctx.early_stop,  # type: ignore[arg-type]
                            travel=travel_epochs(opts.lr, opts.epsilon, steps_per_epoch),  # type: ignore[arg-type]
                            every=opts.count_every if opts.count_every is not None else max(1, steps_per_epoch // CHECKS_PER_EPOCH))
-        mask_config = TrainConfig(
-            epochs=opts.max_epochs,  # type: ignore[arg-type]
-            optimizer="adam",
-            lr=opts.lr,  # type: ignore[arg-type]
-            weight_decay=0.0,
-            batch_size=opts.batch_size,  # type: ignore[arg-type]
-            schedule="constant",
-            augment=info.augment,
-            kd_weight=opts.kd_weight,
-            kd_temperature=opts.kd_temperature,
-            seed=ctx.seed,
-        )
+        mask_config = _mask_config(opts, info, ctx.seed)
         fit(model, ctx.data, mask_config, ctx.device, teacher=teacher, extra_loss=lasso, on_epoch_end=phase.epoch_end,
             on_step_end=phase.step_end, select_best=False, log=ctx.log, label="snl-mask")
         results: dict[int, Outcome | SearchError] = {}
@@ -438,19 +447,7 @@ class SNL(Strategy):
         progress.note_relus(binary_count)
         ctx.log(f"snl: budget {budget:,} reached after {snapshot.steps:,} mask steps; masks binarized and frozen: "
                 f"{binary_count:,} ReLUs ({snapshot.count:,} above epsilon at the stop, {added:,} added below it by exact_budget)")
-        finetune_config = ctx.final_training(TrainConfig(
-            epochs=opts.finetune_epochs,  # type: ignore[arg-type]
-            optimizer="sgd",
-            lr=opts.finetune_lr,
-            momentum=0.9,
-            weight_decay=5e-4,
-            batch_size=opts.batch_size,  # type: ignore[arg-type]
-            schedule="cosine",
-            augment=info.augment,
-            kd_weight=opts.kd_weight,
-            kd_temperature=opts.kd_temperature,
-            seed=ctx.seed,
-        ))
+        finetune_config = ctx.final_training(_finetune_config(opts, info, ctx.seed))
         if finetune_config.epochs:
             result = fit(model, ctx.data, finetune_config, ctx.device, teacher=teacher, select_best=True,
                          log=ctx.log, label=label)
@@ -472,3 +469,29 @@ class SNL(Strategy):
             "options": {k: v for k, v in vars(opts).items()},
         }
         return Outcome(model, ctx.model_name, dict(ctx.model_options), relus, val_acc, details)
+
+    def phases(self, model_name: str, model_options: Mapping[str, Any], info: DatasetInfo, budgets: Sequence[int],
+               options: SNLOptions, train_overrides: Mapping[str, Any]) -> list[Phase]:
+        """One mask phase down to the smallest budget (up to ``max_epochs``), then one finetuning per
+        budget, each of a network with binary masks at the budget spread over every site, as learned
+        masks are (the finetuned networks differ only in which ReLUs they keep)."""
+        budget = _require_budget(min(budgets, default=None))
+        opts = options.resolved(info.name)
+        learning = build_model(model_name, num_classes=info.num_classes, input_size=info.input_shape, **model_options)
+        full = relu_count(learning, info.input_shape)
+        masked = sites(learning)
+        for site in masked:
+            site.set_mask(torch.ones(site.mask_shape(opts.granularity)), trainable=True)
+        binary = build_model(model_name, num_classes=info.num_classes, input_size=info.input_shape, **model_options)
+        trace_shapes(binary, info.input_shape)
+        scores = torch.Generator().manual_seed(0)
+        for site in sites(binary):
+            site.set_mask(torch.rand(site.mask_shape(opts.granularity), generator=scores), trainable=True)
+        select_top(sites(binary), budget)
+        smallest = " (the smallest budget)" if len(budgets) > 1 else ""
+        return [
+            Phase("mask", learning, _mask_config(opts, info, 0), teacher=True, up_to=True, penalty=_Lasso(masked, opts.lam),
+                  about=f"soft {opts.granularity} masks on all {full:,} ReLUs"),
+            Phase("finetune", binary, final_training(_finetune_config(opts, info, 0), train_overrides), teacher=True,
+                  runs=len(budgets), about=f"binary masks at {budget:,} ReLUs{smallest}"),
+        ]
