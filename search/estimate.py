@@ -103,14 +103,14 @@ class Estimator:
         self.threads = threads if threads is not None else torch.get_num_threads()
         self._base = (model_name, model_options)
         self._teacher: nn.Module | None = None
-        self._timings: dict[tuple[int, bool], Timing] = {}
+        self._timings: dict[tuple[nn.Module, bool], Timing] = {}  # keyed by the network itself: an id could be reused
         self._images = torch.Generator().manual_seed(0)
 
     def estimate(self, phase: Phase) -> PhaseEstimate:
         steps = math.ceil(self.train_images / phase.config.batch_size)
         if phase.runs == 0 or phase.config.epochs == 0 or steps == 0:
             return PhaseEstimate(phase, steps, self.val_images, None)
-        key = (id(phase.network), phase.distils)
+        key = (phase.network, phase.distils)
         if key not in self._timings:
             with torch_threads(self.threads):
                 self._timings[key] = self._time(phase)
