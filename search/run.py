@@ -425,6 +425,8 @@ def plan_run(args: argparse.Namespace) -> tuple[Plan, Dataset]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.config:
+        print(describe_about(args.config, args.about))
     plan, data = plan_run(args)
     if args.dry_run:
         print(f"dry run: {describe_plan(plan)}; nothing written")
