@@ -280,6 +280,13 @@ def describe_trial(trial: FrozenTrial, names: Sequence[str]) -> str:
     return f"{head}  FAILED: {attrs.get('fail_reason', trial.state.name)}"
 
 
+def _stem_note(settings: rundir.RunSettings) -> str:
+    """Whether the count includes a stem ReLU; a model imported by path has no known stem."""
+    if ":" in settings.model:
+        return "stem ReLU not identified (a model imported by path)"
+    return f"{'with' if settings.stem_relu else 'without'} the stem ReLU"
+
+
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
@@ -327,7 +334,7 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
     )
     budget = f"{settings.budget:,}" if settings.budget else "none"
     print(f"study {settings.study_name}: {', '.join(settings.strategies)} on {settings.model}/{settings.dataset} "
-          f"({settings.full_relus:,} ReLUs {'with' if settings.stem_relu else 'without'} the stem ReLU, budget {budget}), "
+          f"({settings.full_relus:,} ReLUs, {_stem_note(settings)}, budget {budget}), "
           f"objectives {', '.join(f'{o.name} ({o.direction})' for o in chosen)}, {_extent(settings)}, sampler {settings.sampler}")
     print(f"run directory {run_dir}, storage {settings.storage}", flush=True)
     from search.study.display import TrialDisplay, choose_mode
