@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.strategy is None:
         raise SearchError("--strategy is required (on the command line or in --config); "
                           f"installed: {', '.join(list_strategies())}")
-    if args.config:
+    if args.about:  # a recipe's source and the published figures it should reproduce
         print(describe_about(args.config, args.about))
     prepared, outputs, cache_dir, budgets = checked_job(args)
     job = prepared.job

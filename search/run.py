@@ -432,7 +432,7 @@ def plan_run(args: argparse.Namespace) -> tuple[Plan, Dataset]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.config:
+    if args.about:  # a recipe's source and the published figures it should reproduce
         print(describe_about(args.config, args.about))
     plan, data = plan_run(args)
     if args.dry_run:
