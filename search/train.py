@@ -170,10 +170,10 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torc
 
 def clip_gradients(params: list[torch.Tensor], config: TrainConfig) -> None:
     """Clip gradient norms to ``config.grad_clip``: of all parameters together, or of each tensor."""
-    grads = [p.grad for p in params if p.grad is not None]
     if config.clip_mode == "global":
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         return
+    grads = [p.grad for p in params if p.grad is not None]
     norms = torch._foreach_norm(grads)
     scales = [torch.clamp(config.grad_clip / (norm + 1e-6), max=1.0) for norm in norms]
     torch._foreach_mul_(grads, scales)
