@@ -24,6 +24,7 @@ class CostModel:
     online_us_per_relu: float
     online_bytes_per_relu: float
     offline_bytes_per_relu: float = 0.0
+    source: str = ""  # where the constants come from
 
     def latency_s(self, relus: int) -> float:
         return relus * self.online_us_per_relu * 1e-6
@@ -35,8 +36,9 @@ class CostModel:
 # DELPHI on ResNet18 (garbled circuits): 24.6 us and 1,184 B online per ReLU; offline 17,072 B garbled
 # circuit + 1,344 B labels + 672 B OT. Cheetah (OpenCheetah, l = 32): about 1 us and 44 B per ReLU.
 COST_PRESETS: dict[str, CostModel] = {
-    "delphi": CostModel("delphi", 24.6, 1184.0, 17072.0 + 1344.0 + 672.0),
-    "cheetah": CostModel("cheetah", 1.0, 44.0),
+    "delphi": CostModel("delphi", 24.6, 1184.0, 17072.0 + 1344.0 + 672.0, source="DELPHI on ResNet18"),
+    "cheetah": CostModel("cheetah", 1.0, 44.0, source="OpenCheetah, l = 32"),
+    "cheetah-paper": CostModel("cheetah-paper", 1.0, 44.0, source="OpenCheetah, l = 32"),
 }
 
 

@@ -1,0 +1,3 @@
+from search.pi.cli import entry
+
+entry()
