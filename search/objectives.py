@@ -77,14 +77,21 @@ def _accuracy(m: Mapping[str, float]) -> float:
     return float(m["val_acc"])
 
 
+MEASURED_COMMUNICATION = "measured_communication"
+
+
 def objectives(names: Sequence[str], cost: CostModel) -> list[Objective]:
-    """Accuracy and ReLU count always, first and in that order; then ``latency`` and/or ``communication``."""
+    """Accuracy and ReLU count always, first and in that order; then ``latency``, ``communication`` and/or
+    ``measured_communication`` (the trial's model run under SPU's Cheetah: :mod:`search.pi`)."""
     table = {
         "accuracy": Objective("accuracy", "maximize", False, "fraction", _accuracy),
         "relus": Objective("relus", "minimize", True, "ReLUs", _relus),
         "latency": Objective("latency", "minimize", True, f"s ({cost.name})", lambda m: cost.latency_s(int(m["relus"]))),
         "communication": Objective(
             "communication", "minimize", True, f"MB ({cost.name})", lambda m: cost.communication_mb(int(m["relus"]))
+        ),
+        MEASURED_COMMUNICATION: Objective(
+            MEASURED_COMMUNICATION, "minimize", False, "MB (SPU cheetah, measured)", lambda m: float(m["measured_communication_mb"])
         ),
     }
     unknown = [n for n in names if n not in table]

@@ -34,9 +34,10 @@ from search.dryrun import describe_data, teacher_file, teacher_status
 from search.errors import RunInterrupted, SearchError
 from search.estimate import Estimator, duration, recipe_line, report, strategy_phases, teacher_phase
 from search.nonlinear import warn_nonlinear
-from search.objectives import COST_PRESETS, Objective, cost_model, objectives
+from search.objectives import COST_PRESETS, MEASURED_COMMUNICATION, Objective, cost_model, objectives
 from search.options import show_options
 from search.outputs import cache_option, check_writable_dir
+from search.pi.measure import runner_python
 from search.pipeline import full_relu_count
 from search.relu import relu_table
 from search.settings import Routed, parse_budget, split_settings
@@ -98,7 +99,9 @@ def build_parser() -> ArgumentParser:
                        "trials, all threads; wall time on a GPU); trials running then finish. Train the teacher first "
                        "(python -m search.train_teacher) or the first trials pay for it. May be raised on --resume")
     study.add_argument("--objectives", help="extra objectives to minimize besides accuracy and ReLUs, comma-separated: "
-                       "latency, communication (estimated online PI cost)")
+                       "latency, communication (estimated online PI cost from the ReLU count), measured_communication "
+                       "(each trial's model run under SPU's Cheetah after training; small models only, see README; "
+                       "needs pip install -e '.[pi]')")
     study.add_argument("--cost-model", help=f"per-ReLU PI cost for latency/communication: {', '.join(COST_PRESETS)}, or "
                        f"us=<microseconds>,bytes=<bytes> (default {DEFAULTS['cost_model']})")
     study.add_argument("--sampler", help=f"Optuna sampler: {', '.join(SAMPLERS)} (default {DEFAULTS['sampler']})")
@@ -189,6 +192,8 @@ def new_settings(args: argparse.Namespace, run_dir: Path, storage: str) -> rundi
     teacher_config(info.name, values["teacher_epochs"], routed.teacher)  # bad or contradicting values fail here
     full = full_relu_count(model_name, model_options, info.name)
     chosen = objectives([n.strip() for n in values["objectives"].split(",") if n.strip()], cost_model(values["cost_model"]))
+    if MEASURED_COMMUNICATION in [o.name for o in chosen]:
+        runner_python()  # SPU missing: say how to install it before anything starts
     make_sampler(values["sampler"], 0)
     trials = args.trials if args.trials is not None else (None if args.minutes_per_strategy else DEFAULTS["trials"])
     if trials is not None and trials < 1:

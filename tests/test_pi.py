@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 
 import search.pi.measure
 from search.checkpoint import save_model
@@ -29,9 +32,12 @@ from search.pi.graph import load_graph, save_graph
 from search.pi.measure import measure_checkpoint
 from search.pi.runner import plain_logits
 from search.pipeline import Job, execute, prepare
+from search.run import main as run_study_main
 from search.relu import relu_count, sites
 from search.spaces import build_model
+from search.study import rundir
 from tests.conftest import PROJECT_ROOT
+from tests.test_report import make_run
 
 LOGIT_TOLERANCE = 0.05  # SPU's fixed point (FM64, 18 fraction bits): errors seen are about 2e-3
 MODULE = "pi_test_models"
@@ -157,7 +163,7 @@ def linearized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_a_model_linearized_by_each_strategy_runs_under_spu_with_the_plain_predictions(
         strategy: str, linearized: dict[str, Path], tmp_path: Path) -> None:
     report = tmp_path / "pi.json"
-    proc = _pi(str(linearized[strategy]), "--images", "2", "--json", str(report))
+    proc = _pi(str(linearized[strategy]), "--images", "2", "--json", str(report))  # a steady state needs more; not here
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "predictions match the plain model's on 2 image(s)" in proc.stdout
     assert "image 2/2" in proc.stderr  # progress while it runs
@@ -172,28 +178,94 @@ def test_a_model_linearized_by_each_strategy_runs_under_spu_with_the_plain_predi
     assert warm["bytes_by_kind"]["other"] == 0  # additions, concatenations and reshapes are local
 
 
-def test_relu_bytes_fall_exactly_with_the_kept_count(module_dir: Path, tmp_path: Path) -> None:
-    """One model, two masks: 128 and 384 kept positions. Everything else is the same network."""
+@pytest.fixture(scope="module")
+def kept_models(module_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """One small model saved with two masks, keeping 128 and 384 positions; everything else the same."""
+    folder = tmp_path_factory.mktemp("kept")
     torch.manual_seed(0)
     name = f"{MODULE}:two_convs"
     model = build_model(name, num_classes=10, input_size=(1, 8, 8))
     relu_count(model, (1, 8, 8))
     first, second = sites(model)
-    measured = {}
+    paths = {}
     for kept_first, kept_second in ((128, 0), (256, 128)):
         for site, kept in ((first, kept_first), (second, kept_second)):
             mask = torch.zeros(site.size, dtype=torch.bool)
             mask[torch.randperm(site.size)[:kept]] = True
             site.set_mask(mask.reshape(site.shape))
-        path = tmp_path / f"kept{kept_first + kept_second}.pt"
-        save_model(model, path, name, {}, 10, (1, 8, 8), {"dataset": "digits"})
-        measured[kept_first + kept_second] = measure_checkpoint(str(path), images=2)
-    small, large = measured[128], measured[384]
+        paths[kept_first + kept_second] = folder / f"kept{kept_first + kept_second}.pt"
+        save_model(model, paths[kept_first + kept_second], name, {}, 10, (1, 8, 8), {"dataset": "digits", "strategy": "snl"})
+    return paths
+
+
+def test_relu_bytes_fall_exactly_with_the_kept_count(kept_models: dict[int, Path]) -> None:
+    small, large = (measure_checkpoint(str(kept_models[n]), images=3) for n in (128, 384))
     assert small.relus == 128 and large.relus == 384 and small.matches and large.matches
-    ratio = large.warm_mean(lambda i: i.bytes_by_kind["relu"]) / small.warm_mean(lambda i: i.bytes_by_kind["relu"])
+    ratio = large.steady.bytes_by_kind["relu"] / small.steady.bytes_by_kind["relu"]
     assert abs(ratio / 3 - 1) < 0.02, ratio  # a few hundred bytes per site are fixed; the rest is per kept ReLU
-    assert large.warm_mean(lambda i: i.bytes_by_kind["linear"]) == pytest.approx(
-        small.warm_mean(lambda i: i.bytes_by_kind["linear"]), rel=0.01)
+    assert large.steady.bytes_by_kind["linear"] == pytest.approx(small.steady.bytes_by_kind["linear"], rel=0.01)
+
+
+def test_report_measures_the_pareto_trials_and_keeps_the_measurements(kept_models: dict[int, Path], module_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "run", [("snl", 128, 0.80, True, TrialState.COMPLETE),
+                                          ("snl", 384, 0.90, True, TrialState.COMPLETE)], ["snl"], "pi-study", full=512,
+                       budget=None)
+    for number, kept in enumerate((128, 384)):
+        shutil.copyfile(kept_models[kept], rundir.trial_model_path(run_dir, number))
+    command = [sys.executable, "-m", "search.report", str(run_dir), "--measure-pi", "--pi-images", "2"]
+    first = subprocess.run(command, check=False, capture_output=True, text=True, env=_env(module_dir), timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stderr.count("under SPU cheetah") == 2 and (run_dir / "pi.png").stat().st_size > 10_000
+    markdown = (run_dir / "report.md").read_text()
+    section = markdown.split("## Measured private inference", 1)[1].split("## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| snl |")]
+    assert len(rows) == 2 and all(line.endswith("| yes |") for line in rows)  # secure predictions = plain ones
+    kept = [json.loads(rundir.trial_model_path(run_dir, n).with_name("pi-cheetah.json").read_text()) for n in (0, 1)]
+    assert [k["relus"] for k in kept] == [128, 384]
+    second = subprocess.run(command, check=False, capture_output=True, text=True, env=_env(module_dir), timeout=900)
+    assert second.returncode == 0 and "under SPU" not in second.stderr  # the kept measurements are reused
+    assert (run_dir / "report.md").read_text() == markdown
+
+
+def _study(run_dir: Path, model: str, trials: int, module_dir: Path) -> subprocess.Popen[str]:
+    """``python -m search.run`` with the measured objective, on this test's own model (single-node Ray)."""
+    args = ["--strategy", "tests.strategies_for_tests:Quick", "--model", f"{MODULE}:{model}", "--trials", str(trials),
+            "--objectives", "measured_communication", "--teacher-epochs", "2", "--concurrency", "2", "--sampler", "random",
+            "--seed", "4", "--run-dir", str(run_dir), "-q"]
+    env = {**_env(module_dir), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    return subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=PROJECT_ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_a_study_minimizes_the_measured_communication_and_keeps_a_model_it_cannot_measure(
+        module_dir: Path, tmp_path: Path) -> None:
+    measured, refused = _study(tmp_path / "measured", "two_convs", 2, module_dir), _study(tmp_path / "refused", "hardswish_net", 1, module_dir)
+    for proc in (measured, refused):
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+    settings = rundir.read_settings(tmp_path / "measured")
+    study = optuna.load_study(study_name=settings.study_name, storage=settings.storage)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
+    trials = study.get_trials()
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
+    for trial in trials:
+        attrs = trial.user_attrs
+        assert trial.values[2] == attrs["measured_communication_mb"] > attrs["measured_relu_mb"] > 0
+        assert attrs["measured_matches_plain"] is True and attrs["measured_seconds"] > 0
+        log = (tmp_path / "measured" / attrs["model_path"]).with_name("log.txt").read_text()
+        assert f"{attrs['measured_communication_mb']:,.3f} MB per inference" in log
+    # The ReLU bytes follow each trial's own count: about 98 bytes per kept ReLU (the rest is per site).
+    fewer, more = sorted(trials, key=lambda t: t.user_attrs["relus"])
+    kept = more.user_attrs["relus"] - fewer.user_attrs["relus"]
+    slope = (more.user_attrs["measured_relu_mb"] - fewer.user_attrs["measured_relu_mb"]) * 1e6 / kept
+    assert kept > 100 and 90 < slope < 110, (kept, slope)
+
+    settings = rundir.read_settings(tmp_path / "refused")
+    (failed,) = optuna.load_study(study_name=settings.study_name, storage=settings.storage).get_trials()
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["fail_reason"].startswith("measurement under SPU failed: cannot export Hardswish at ")
+    assert rundir.trial_model_path(tmp_path / "refused", failed.number).exists()  # trained: kept, though unmeasured
 
 
 def test_a_checkpoint_with_an_unknown_operation_is_refused_in_one_line(module_dir: Path, tmp_path: Path) -> None:
@@ -217,13 +289,20 @@ def test_bad_input_gets_one_error_line(args: list[str], message: str, tmp_path: 
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(message), proc.stderr
 
 
-def test_without_spu_the_command_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path) -> None:
+@pytest.mark.parametrize("main,args", [
+    (pi_main, ["any.pt"]),
+    (run_study_main, ["--strategy", "snl", "--objectives", "measured_communication", "--run-dir", "run"]),
+], ids=["search.pi", "search.run"])
+def test_without_spu_the_commands_say_how_to_install_it(main, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys,
+                                                        tmp_path: Path) -> None:
     real = search.pi.measure.importlib.util.find_spec
     monkeypatch.setattr(search.pi.measure.importlib.util, "find_spec", lambda name: None if name == "spu" else real(name))
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        run_main(pi_main, [str(tmp_path / "any.pt")])
+        run_main(main, args)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: secure inference needs SPU, an optional extra: pip install -e '.[pi]'\n"
+    assert list(tmp_path.iterdir()) == []  # nothing written: no run directory
 
 
 def test_the_runner_needs_no_torch() -> None:

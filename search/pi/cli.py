@@ -2,8 +2,8 @@
 
 Runs the model on a few test images of its dataset with two SPU parties on this machine, checks that
 the secure predictions equal the plain model's, and prints per image the communication (both parties'
-bytes) and wall time, in all and by layer kind, then the warm mean beside the per-ReLU cost models.
-The first inference carries the protocol's one-time setup; it is reported apart from the warm ones.
+bytes) and wall time, in all and by layer kind, then the steady state beside the per-ReLU cost models.
+The first inference carries the protocol's one-time setup; the steady state is the median of the others.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _mb(n: float) -> str:
 
 
 def format_measurement(m: Measurement) -> str:
-    """The per-image table, the warm mean, the setup and the estimates, as printed."""
+    """The per-image table, the steady state, the setup and the estimates, as printed."""
     lines = [(f"model {m.model}{f' ({m.strategy})' if m.strategy else ''} on {m.dataset}: {m.relus:,} ReLUs, "
               f"{m.node_count} nodes; protocol {m.protocol} (SPU {m.spu_version}, 2 parties on 127.0.0.1); "
               f"compiled in {m.compile_seconds:.1f} s"),
@@ -52,22 +52,20 @@ def format_measurement(m: Measurement) -> str:
         lines.append(f"{n:>5} {i.label:>5} {i.predicted:>6} {i.plain_predicted:>5} {i.logit_error:>11.2e} {_mb(i.total_bytes):>10} "
                      + " ".join(f"{_mb(i.bytes_by_kind[k]):>10}" for k in KINDS) + f" {i.seconds:>8.2f}")
     lines.append("-" * len(header))
-    warm_bytes = m.warm_mean(lambda i: i.total_bytes)
-    warm_relu = m.warm_mean(lambda i: i.bytes_by_kind["relu"])
-    warm_seconds = m.warm_mean(lambda i: i.seconds)
-    relu_seconds = m.warm_mean(lambda i: i.seconds_by_kind["relu"])
-    which = "images 2-" + str(len(m.images)) if len(m.images) > 1 else "image 1 (no warm image: --images 2 or more)"
+    steady = m.steady
+    relu = steady.bytes_by_kind["relu"]
+    which = f"image {m.images.index(steady) + 1}, the median of images 2-{len(m.images)}" if len(m.images) > 1 else \
+        "image 1; give --images 3 or more to see it apart from the setup"
     per_relu = f", {m.relu_bytes_per_relu:,.1f} B per ReLU" if m.relu_bytes_per_relu else ""
-    lines.append(f"warm ({which}): {_mb(warm_bytes)} MB and {warm_seconds:.2f} s per image; ReLUs {_mb(warm_relu)} MB "
-                 f"({warm_relu / max(warm_bytes, 1):.0%}){per_relu}, {relu_seconds:.2f} s")
+    lines.append(f"steady state ({which}): {_mb(steady.total_bytes)} MB and {steady.seconds:.2f} s per image; ReLUs "
+                 f"{_mb(relu)} MB ({relu / max(steady.total_bytes, 1):.1%}){per_relu}, {steady.seconds_by_kind['relu']:.2f} s")
     if len(m.images) > 1:
-        first = m.images[0]
-        lines.append(f"setup (image 1 minus warm): {_mb(first.total_bytes - warm_bytes)} MB, {first.seconds - warm_seconds:.2f} s")
+        lines.append(f"setup and other one-time costs (all images minus {len(m.images)} x steady): {_mb(m.setup_bytes)} MB")
     for name in ESTIMATES[m.protocol]:
         cost = COST_PRESETS[name]
         lines.append(f"estimate {name} ({cost.online_bytes_per_relu:g} B, {cost.online_us_per_relu:g} us per ReLU; "
                      f"{cost.source}): {cost.communication_mb(m.relus):,.3f} MB, {cost.latency_s(m.relus):.3f} s = "
-                     f"{cost.communication_mb(m.relus) * 1e6 / max(warm_bytes, 1):.1%} of the measured bytes")
+                     f"{cost.communication_mb(m.relus) * 1e6 / max(steady.total_bytes, 1):.1%} of the measured bytes")
     lines.append(f"predictions {'match' if m.matches else 'DIFFER from'} the plain model's on {len(m.images)} image(s); "
                  f"largest logit error {max(i.logit_error for i in m.images):.2e}")
     return "\n".join(lines)
@@ -79,8 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="a saved model: search.linearize --out, or a study's trials/<n>/model.pt")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="cheetah",
                         help="SPU's two-party protocol: cheetah (OT and HE) or semi2k (trusted-dealer Beaver triples)")
-    parser.add_argument("--images", type=_images, default=2,
-                        help="test images to run, one at a time (default 2: the first carries the setup)")
+    parser.add_argument("--images", type=_images, default=4,
+                        help="test images to run, one at a time (default 4: the first carries the setup, the median "
+                        "of the others is the steady state)")
     parser.add_argument("--dataset", help="the dataset whose test images to use (default: the checkpoint's)")
     parser.add_argument("--data-dir", help="folder holding the dataset (default: $SEARCH_DATA_DIR or ./data)")
     parser.add_argument("--json", metavar="PATH", help="also write the measurement as JSON")

@@ -69,16 +69,22 @@ class Measurement:
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def warm(self) -> list[ImageCost]:
-        """The inferences after the first; the first alone when there is only one."""
-        return self.images[1:] or self.images[:1]
-
-    def warm_mean(self, what: Callable[[ImageCost], float]) -> float:
-        return float(np.mean([what(image) for image in self.warm]))
+    def steady(self) -> ImageCost:
+        """The steady-state inference: of the images after the first (which carries the protocol's setup),
+        the one of median communication, the lower one of an even count. SPU's Cheetah sometimes pays a
+        further one-time cost (a refill of correlated OTs) in a later inference; a median sets it apart,
+        where a mean over a few images would charge it to every one. The first image, alone."""
+        warm = sorted(self.images[1:] or self.images[:1], key=lambda i: i.total_bytes)
+        return warm[(len(warm) - 1) // 2]
 
     @property
     def relu_bytes_per_relu(self) -> float | None:
-        return self.warm_mean(lambda i: i.bytes_by_kind["relu"]) / self.relus if self.relus else None
+        return self.steady.bytes_by_kind["relu"] / self.relus if self.relus else None
+
+    @property
+    def setup_bytes(self) -> int:
+        """Bytes beyond the steady state, summed over the images measured: setup and later one-time costs."""
+        return sum(i.total_bytes for i in self.images) - len(self.images) * self.steady.total_bytes
 
     @property
     def matches(self) -> bool:
@@ -89,9 +95,9 @@ class Measurement:
             "checkpoint": self.checkpoint, "model": self.model, "strategy": self.strategy, "dataset": self.dataset,
             "relus": self.relus, "protocol": self.protocol, "spu_version": self.spu_version, "nodes": self.node_count,
             "compile_seconds": self.compile_seconds, "matches_plain": self.matches,
-            "warm_bytes": self.warm_mean(lambda i: i.total_bytes), "warm_seconds": self.warm_mean(lambda i: i.seconds),
-            "warm_bytes_by_kind": {k: self.warm_mean(lambda i, k=k: i.bytes_by_kind[k]) for k in KINDS},
-            "warm_seconds_by_kind": {k: self.warm_mean(lambda i, k=k: i.seconds_by_kind[k]) for k in KINDS},
+            "steady_bytes": self.steady.total_bytes, "steady_seconds": self.steady.seconds,
+            "steady_bytes_by_kind": self.steady.bytes_by_kind, "steady_seconds_by_kind": self.steady.seconds_by_kind,
+            "setup_bytes": self.setup_bytes,
             "images": [dict(vars(i), total_bytes=i.total_bytes, seconds=i.seconds) for i in self.images],
         }
 
@@ -129,7 +135,7 @@ def _run_runner(python: str, folder: Path, protocol: str, progress: Callable[[st
     return json.loads((folder / "result.json").read_text())
 
 
-def measure_checkpoint(checkpoint: str, images: int = 2, protocol: str = "cheetah", dataset: str | None = None,
+def measure_checkpoint(checkpoint: str, images: int = 4, protocol: str = "cheetah", dataset: str | None = None,
                        data_dir: str | None = None, progress: Callable[[str], None] = lambda line: None) -> Measurement:
     """Secure inference of ``checkpoint`` on its dataset's first ``images`` test images."""
     if protocol not in PROTOCOLS:

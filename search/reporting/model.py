@@ -182,6 +182,26 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
+class MeasuredTrial:
+    """A Pareto-optimal trial's secure inference, measured by ``search.pi`` (its steady state)."""
+
+    trial: TrialRow
+    protocol: str
+    total_mb: float
+    mb_by_kind: dict[str, float]
+    seconds: float
+    relu_bytes_per_relu: float | None
+    matches: bool  # secure predictions equal the plain model's on every image measured
+    images: int
+
+    @property
+    def estimate_ratio(self) -> float | None:
+        """Measured communication over the run's cost-model estimate (from the ReLU count)."""
+        estimate = self.trial.communication_mb
+        return self.total_mb / estimate if estimate else None
+
+
+@dataclass(frozen=True)
 class Report:
     title: str
     runs: tuple[RunSummary, ...]
@@ -200,6 +220,7 @@ class Report:
     latency_ladders: tuple[Ladder, ...]
     published: tuple[PublishedPoint, ...]
     notes: tuple[str, ...]
+    measured: tuple[MeasuredTrial, ...] = ()  # filled by search.report --measure-pi
 
     @property
     def finished(self) -> int:
@@ -211,8 +232,10 @@ class Report:
         return tuple(t for s in self.series for t in s.front)
 
 
-def build_report(runs: Sequence[RunData], published: Sequence[PublishedPoint] = ()) -> Report:
-    """The report model of one run or a merged comparison of several."""
+def build_report(runs: Sequence[RunData], published: Sequence[PublishedPoint] = (),
+                 measured: Mapping[tuple[str, int], Mapping[str, Any]] | None = None) -> Report:
+    """The report model of one run or a merged comparison of several; ``measured`` maps (run label, trial
+    number) to a ``search.pi`` measurement (``Measurement.to_json()``) of that trial's model."""
     if not runs:
         raise SearchError("no run directory given")
     if len({run.label for run in runs}) < len(runs):  # a trial finds its run, and so its N, by the run's label
@@ -265,7 +288,22 @@ def build_report(runs: Sequence[RunData], published: Sequence[PublishedPoint] = 
         ),
         published=shown,
         notes=tuple(notes),
+        measured=_measured(series, measured or {}),
     )
+
+
+def _measured(series: Sequence[Series], measured: Mapping[tuple[str, int], Mapping[str, Any]]) -> tuple[MeasuredTrial, ...]:
+    """The measured trials on their series' fronts, in the order of the front table."""
+    result = []
+    for row in (t for s in series for t in s.front if (t.run, t.number) in measured):
+        m = measured[(row.run, row.number)]
+        result.append(MeasuredTrial(
+            row, str(m["protocol"]), float(m["steady_bytes"]) / 1e6,
+            {k: float(v) / 1e6 for k, v in m["steady_bytes_by_kind"].items()}, float(m["steady_seconds"]),
+            (float(m["steady_bytes_by_kind"]["relu"]) / m["relus"]) if m["relus"] else None,
+            bool(m["matches_plain"]), len(m["images"]),
+        ))
+    return tuple(result)
 
 
 def faint_trials(report: Report, series: Series) -> tuple[list[TrialRow], list[TrialRow]]:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import io
 import math
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from search.reporting import style, text
 from search.reporting.intervals import METHOD
-from search.reporting.model import Report, TrialRow, faint_trials
+from search.reporting.model import MeasuredTrial, Report, TrialRow, faint_trials
 
 
 def render(report: Report) -> bytes:
@@ -143,3 +143,33 @@ def _x(trials: tuple[TrialRow, ...] | list[TrialRow]) -> list[int]:
 
 def _y(trials: tuple[TrialRow, ...] | list[TrialRow]) -> list[float]:
     return [t.val_acc * 100 for t in trials]  # type: ignore[operator]
+
+
+def render_measured(report: Report) -> bytes:
+    """``pi.png``: measured communication per inference against the cost model's estimate, log-log, with the
+    diagonal where they would agree; the ReLUs' own share drawn hollow below each total."""
+    fig = Figure(figsize=(7, 5.6), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors = style.series_colors([s.name for s in report.series], [s.strategy for s in report.series])
+    shown: list[MeasuredTrial] = [m for m in report.measured if m.trial.communication_mb]
+    for name in dict.fromkeys(m.trial.series for m in shown):
+        mine = [m for m in shown if m.trial.series == name]
+        estimates = [m.trial.communication_mb for m in mine]
+        ax.scatter(estimates, [m.total_mb for m in mine], color=colors[name], s=36, label=f"{name}: whole inference", zorder=3)
+        ax.scatter(estimates, [max(m.mb_by_kind.get("relu", 0.0), 1e-6) for m in mine], facecolors="none",
+                   edgecolors=colors[name], s=36, label=f"{name}: ReLUs only", zorder=3)
+    if shown:
+        values = [v for m in shown for v in (m.trial.communication_mb or 0.0, m.total_mb, m.mb_by_kind.get("relu", 0.0)) if v > 0]
+        low, high = min(values) / 2, max(values) * 2
+        ax.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--", label="measured = estimated")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel("estimated communication per inference (MB, the run's cost model x ReLU count)")
+    ax.set_ylabel("measured communication per inference (MB, SPU)")
+    ax.set_title("Measured vs estimated private-inference communication")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="upper left")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()

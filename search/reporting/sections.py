@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search.reporting import text
-from search.reporting.model import Ladder, LadderRow, Report, RunSummary, TrialRow
+from search.reporting.model import Ladder, LadderRow, MeasuredTrial, Report, RunSummary, TrialRow
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ def sections(report: Report) -> list[Section]:
         result.append(_ladder(report, report.relu_ladder))
         result += [_ladder(report, ladder) for ladder in report.latency_ladders]
         result.append(_pareto(report))
+    if report.measured:
+        result.append(_measured(report))
     if report.published:
         result.append(_published(report))
     result.append(_settings(report))
@@ -139,6 +141,44 @@ def _ladder_cell(trial: TrialRow | None, mark: str, name_run: bool) -> Cell:
     which = f"{trial.run} #{trial.number}" if name_run else f"trial #{trial.number}"
     test = text.accuracy_in(trial.test_acc, trial.test_interval)
     return Cell(f"{text.accuracy_in(trial.val_acc, trial.val_interval, mark)} (test {test}; {which})", mark == "★")
+
+
+def _measured(report: Report) -> Section:
+    """The Pareto-optimal trials' secure inference as measured, beside the run's per-ReLU estimate."""
+    cost = {run.label: run.settings.get("cost_model", "") for run in report.runs}
+    headers = ("strategy", "run", "trial", "ReLUs", "val acc", "measured", "ReLU", "linear", "pooling", "B per ReLU",
+               "time", "estimate", "measured / estimate", "secure = plain")
+    rows = tuple(
+        (
+            _c(m.trial.series), _c(m.trial.run), _c(f"#{m.trial.number}"), _c(text.count(m.trial.relus)),
+            _c(text.accuracy(m.trial.val_acc)), _c(text.megabytes(m.total_mb)),
+            *(_c(text.megabytes(m.mb_by_kind.get(kind))) for kind in ("relu", "linear", "pooling")),
+            _c("—" if m.relu_bytes_per_relu is None else f"{m.relu_bytes_per_relu:,.1f}"), _c(text.seconds(m.seconds)),
+            _c(f"{text.megabytes(m.trial.communication_mb)} ({cost[m.trial.run]})"),
+            _c("—" if m.estimate_ratio is None else f"{m.estimate_ratio:,.1f}x"), _c("yes" if m.matches else "NO"),
+        )
+        for m in report.measured
+    )
+    return Section("Measured private inference", (_measured_note(report.measured), Table(headers, rows)))
+
+
+def _measured_note(measured: tuple[MeasuredTrial, ...]) -> str:
+    protocols = ", ".join(sorted({m.protocol for m in measured}))
+    note = (f"Each Pareto-optimal trial's saved model run under SPU ({protocols}), two parties on one machine, by "
+            "python -m search.pi: communication is both parties' bytes per inference, time is wall time, both of the "
+            "steady state: the median of the inferences after the first, which carries the protocol's setup. "
+            "Weights are secret-shared, so linear layers are products of two secrets. 'estimate' is the run's cost "
+            "model applied to the ReLU count.")
+    by_relus = sorted(measured, key=lambda m: m.trial.relus or 0)
+    swapped = [(a, b) for i, a in enumerate(by_relus) for b in by_relus[i + 1:]
+               if (a.trial.relus or 0) < (b.trial.relus or 0) and a.total_mb > b.total_mb]
+    if swapped:
+        a, b = swapped[0]
+        note += (f" Ranked by measured communication the order differs from the ReLU count's in {len(swapped)} pair(s): "
+                 f"{a.trial.series} #{a.trial.number} has fewer ReLUs ({text.count(a.trial.relus)}) than {b.trial.series} "
+                 f"#{b.trial.number} ({text.count(b.trial.relus)}) but moves more ({text.megabytes(a.total_mb)} vs "
+                 f"{text.megabytes(b.total_mb)}).")
+    return note
 
 
 def _pareto(report: Report) -> Section:

@@ -29,7 +29,9 @@ for a failed trial, ``fail_reason``. Trial values follow ``RunSettings.objective
 Also recorded: ``options`` (the strategy options the trial used, sampled and fixed), ``details`` (what
 the strategy reports of its run, e.g. SNL's counts per epoch, ``count_above_epsilon`` and
 ``added_below_epsilon``, DeepReDuce's plan; a completed trial's), ``node_ip`` (the
-Ray node it ran on), ``infeasible_reason`` for a PRUNED trial whose plan was over the budget (it
+Ray node it ran on), under ``--objectives measured_communication`` the model's secure inference
+under SPU (``measured_communication_mb``, ``measured_relu_mb``, ``measured_seconds``, steady state per
+inference, and ``measured_matches_plain``), ``infeasible_reason`` for a PRUNED trial whose plan was over the budget (it
 never trained and is never on the Pareto front; its ``relus`` is the plan's count), ``prune_reason``
 for a PRUNED trial stopped early (its target out of reach, or dominated at a rung: see
 :mod:`search.study.halving`; its epochs' validation accuracies are its intermediate values), and ``rerun_of``

@@ -31,7 +31,8 @@ from search.study.trial import TARGET_PARAM
 
 INTERRUPTED = "interrupted before it finished (rerun by --resume)"
 NUMERIC_ATTRS = ("relus", "val_acc", "test_acc", "latency_s", "communication_mb", "seconds", "compute_seconds",
-                 "progress_seconds", "teacher_val_acc", "teacher_test_acc", "val_images", "test_images")
+                 "progress_seconds", "teacher_val_acc", "teacher_test_acc", "val_images", "test_images",
+                 "measured_communication_mb", "measured_relu_mb", "measured_seconds")
 COUNT_ATTRS = ("relus", "val_images", "test_images")  # stored as integers
 # What a storage that cannot be written raises: SQLAlchemy's errors (SQLite, servers), OSError (journal
 # files, full disks) and Optuna's own wrapper.
@@ -200,6 +201,8 @@ def result_attrs(result: dict[str, Any]) -> dict[str, Any]:
     if result.get("details", "{}") != "{}":
         attrs["details"] = json.loads(result["details"])
     attrs["feasible"] = bool(result.get("feasible"))
+    if "measured_matches_plain" in result:
+        attrs["measured_matches_plain"] = bool(result["measured_matches_plain"])
     return attrs
 
 

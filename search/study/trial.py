@@ -26,7 +26,8 @@ from typing import Any
 from search import progress
 from search.data import Dataset, dataset_info, load_dataset
 from search.errors import SearchError
-from search.objectives import cost_model, objectives
+from search.objectives import MEASURED_COMMUNICATION, cost_model, objectives
+from search.pi.measure import measure_checkpoint
 from search.pipeline import Job, Prepared, Result, budget_path, execute, execute_budgets, prepare
 from search.relu import relu_count
 from search.strategies import PlanNeedsTraining, TargetOutOfReach
@@ -35,6 +36,7 @@ from search.study.rundir import trial_model_path
 TRIAL_KEY = "_trial"  # config key holding what the searcher decided for this trial
 TARGET_PARAM = "relu_target"  # the study parameter a budget-driven strategy's trial trains down to
 MODEL_FILE = "model.pt"
+MEASURED_IMAGES = 3  # under --objectives measured_communication: the setup, then two for a steady state robust to one refill
 # With --path-sharing an SNL trial keeps its masks at 2x and 4x its target too (within the cap) and
 # finetunes each: its one mask phase passes them on its way down, so they cost a finetune each, not a trial.
 PATH_RUNGS = (2, 4)
@@ -153,10 +155,11 @@ def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], nod
                 return _run_path(spec, prepared, data, [job.budget, *rungs], metrics, number, start, log, on_partial)  # type: ignore[list-item]
             result = execute(prepared, log=log, data=data)
             models = {MODEL_FILE: Path(job.out).read_bytes()}
-        metrics.update(_result_fields(result, spec, data, number, MODEL_FILE), seconds=time.perf_counter() - start)
+            metrics.update(_result_fields(result, spec, data, number, MODEL_FILE, Path(job.out), log))
+        metrics.update(seconds=time.perf_counter() - start)
         if metrics["status"] != "ok":
             log(metrics["reason"])
-            return metrics, {}
+            return metrics, models if metrics.get("model_path") else {}
         return metrics, models
     except TargetOutOfReach as err:  # stopped early, on purpose: PRUNED, not FAILED
         log(str(err))
@@ -175,9 +178,10 @@ def path_budgets(target: int, cap: int, rungs: tuple[int, ...]) -> list[int]:
     return sorted({target * m for m in rungs if target * m <= cap and m > 1})
 
 
-def _result_fields(result: Result, spec: TrialSpec, data: Dataset, number: int, model_file: str) -> dict[str, Any]:
+def _result_fields(result: Result, spec: TrialSpec, data: Dataset, number: int, model_file: str, saved: Path,
+                   log: Callable[[str], None]) -> dict[str, Any]:
     """A finished result as report fields: status ok with its objectives, or failed when an objective
-    is not a finite number."""
+    is not a finite number. ``saved`` is the model on disk, measured under SPU when an objective asks."""
     relus = result.outcome.relus
     cost = cost_model(spec.cost_model)
     fields: dict[str, Any] = {
@@ -189,11 +193,30 @@ def _result_fields(result: Result, spec: TrialSpec, data: Dataset, number: int, 
         "teacher_val_acc": result.teacher.get("val_acc", math.nan), "teacher_test_acc": result.teacher.get("test_acc", math.nan),
         "val_images": len(data.val), "test_images": len(data.test),
     }
+    if MEASURED_COMMUNICATION in spec.objectives:
+        try:
+            fields.update(_measured_fields(saved, spec, log))
+        except SearchError as err:  # the model trained; only its measurement failed: keep it, say why
+            log(f"measurement under SPU failed: {err}")
+            return {**_with_objectives(fields, spec), "status": "failed", "feasible": False,
+                    "reason": f"measurement under SPU failed: {str(err).splitlines()[0]}"}
     _with_objectives(fields, spec)
     bad = [name for name in spec.objectives if not math.isfinite(fields[name])]
     if bad:
         fields.update(status="failed", feasible=False, model_path="", reason=f"objective {bad[0]} is not a finite number ({fields[bad[0]]})")
     return fields
+
+
+def _measured_fields(saved: Path, spec: TrialSpec, log: Callable[[str], None]) -> dict[str, Any]:
+    """The model's secure inference under SPU's Cheetah, as trial fields (steady state of MEASURED_IMAGES)."""
+    started = time.perf_counter()
+    m = measure_checkpoint(str(saved), MEASURED_IMAGES, "cheetah", spec.dataset, spec.data_dir)
+    steady = m.steady
+    log(f"measured under SPU cheetah in {time.perf_counter() - started:.1f} s: {steady.total_bytes / 1e6:,.3f} MB per "
+        f"inference ({steady.bytes_by_kind['relu'] / 1e6:,.3f} MB in ReLUs), {steady.seconds:.2f} s; predictions "
+        f"{'match' if m.matches else 'DIFFER from'} the plain model's")
+    return {"measured_communication_mb": steady.total_bytes / 1e6, "measured_relu_mb": steady.bytes_by_kind["relu"] / 1e6,
+            "measured_seconds": steady.seconds, "measured_matches_plain": m.matches}
 
 
 def _run_path(spec: TrialSpec, prepared: Prepared, data: Dataset, budgets: list[int], metrics: dict[str, Any], number: int,
@@ -213,14 +236,14 @@ def _run_path(spec: TrialSpec, prepared: Prepared, data: Dataset, budgets: list[
             log(str(result))
             metrics.update(status="failed", reason=f"SearchError: {str(result).splitlines()[0]}")
         elif budget == target:
-            metrics.update(_result_fields(result, spec, data, number, MODEL_FILE))
-            if metrics["status"] == "ok":
+            metrics.update(_result_fields(result, spec, data, number, MODEL_FILE, out, log))
+            if metrics["model_path"]:  # ok, or trained but not measured
                 models[MODEL_FILE] = out.read_bytes()
         elif isinstance(result, SearchError):
             log(f"path budget {budget:,}: {result}")
         else:
             name = f"{Path(MODEL_FILE).stem}-{budget}{Path(MODEL_FILE).suffix}"
-            point = {**_result_fields(result, spec, data, number, name), "budget": budget, "seconds": result.seconds}
+            point = {**_result_fields(result, spec, data, number, name, out, log), "budget": budget, "seconds": result.seconds}
             if point["status"] == "ok":
                 path.append(point)
                 models[name] = out.read_bytes()
@@ -237,6 +260,6 @@ def _with_objectives(metrics: dict[str, Any], spec: TrialSpec) -> dict[str, Any]
     for objective in objectives(spec.objectives, cost_model(spec.cost_model)):
         try:
             metrics[objective.name] = objective.value(metrics)
-        except (TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):  # a value the trial never measured (it stopped first)
             metrics[objective.name] = float("nan")
     return metrics
