@@ -32,8 +32,8 @@ from search.pi.graph import load_graph, save_graph
 from search.pi.measure import measure_checkpoint
 from search.pi.runner import plain_logits
 from search.pipeline import Job, execute, prepare
-from search.run import main as run_study_main
 from search.relu import relu_count, sites
+from search.run import main as run_study_main
 from search.spaces import build_model
 from search.study import rundir
 from tests.conftest import PROJECT_ROOT
