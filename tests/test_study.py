@@ -2,7 +2,8 @@
 
 Every test drives ``python -m search.run`` as a user would, from the project root, so Ray's workers
 import the test strategies of ``tests/strategies_for_tests.py`` the same way. Repeated driver kills,
-time and memory limits, a dead node and corrupt inputs are in ``tests/test_reliability.py``.
+time and memory limits and corrupt inputs are in ``tests/test_reliability.py``, a dead node in
+``tests/test_cluster.py``.
 """
 
 from __future__ import annotations
