@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -47,13 +48,32 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return ["--cache-dir", str(tmp_path_factory.getbasetemp() / "search-cache")]
 
 
+@dataclass(frozen=True)
+class Race:
+    """Two new runs started together on one directory: their exit codes and stderr files."""
+
+    run_dir: Path
+    codes: list[int]
+    errors: list[Path]
+
+
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory, cache: list[str]) -> Path:
-    """A finished two-trial study (copy it before changing it)."""
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    done = run(["--strategy", QUICK, "--trials", "2", "--run-dir", str(run_dir), "--teacher-epochs", "2", *cache])
-    assert done.returncode == 0, done.stderr[-3000:]
-    return run_dir
+def race(tmp_path_factory: pytest.TempPathFactory, cache: list[str]) -> Race:
+    """Two new one-trial studies started together on one directory: one owns it and finishes, the
+    other is refused. The finished run is also :func:`finished_run`, so that one study (and its Ray)
+    serves the race and the tests of a finished run."""
+    folder = tmp_path_factory.mktemp("race")
+    run_dir = folder / "run"
+    args = ["--strategy", QUICK, "--trials", "1", "--run-dir", str(run_dir), "--teacher-epochs", "2", *cache]
+    drivers = [_start(args, folder / f"d{i}") for i in range(2)]
+    return Race(run_dir, [d.wait(300) for d in drivers], [folder / f"d{i}.err" for i in range(2)])
+
+
+@pytest.fixture(scope="module")
+def finished_run(race: Race) -> Path:
+    """A finished one-trial study, the one the race left (copy it before changing it)."""
+    assert 0 in race.codes, [path.read_text()[-3000:] for path in race.errors]
+    return race.run_dir
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -136,14 +156,11 @@ def test_a_second_run_on_a_live_directory_is_refused_and_a_stale_lock_taken_over
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
 
-def test_new_runs_started_together_get_one_owner(tmp_path: Path, cache: list[str]) -> None:
-    run_dir = tmp_path / "run"
-    args = ["--strategy", QUICK, "--trials", "1", "--run-dir", str(run_dir), "--teacher-epochs", "2", *cache]
-    drivers = [_start(args, tmp_path / f"d{i}") for i in range(2)]
-    codes = [d.wait(300) for d in drivers]
+def test_new_runs_started_together_get_one_owner(race: Race) -> None:
+    run_dir, codes = race.run_dir, race.codes
     assert sorted(codes) == [0, 2], codes
     loser = codes.index(2)
-    error = (tmp_path / f"d{loser}.err").read_text().strip().splitlines()
+    error = race.errors[loser].read_text().strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: run directory") and ("in use by" in error[0] or "already exists" in error[0])
     settings, study = load(run_dir)
     assert len(study.get_trials()) == 1 and len({s.study_name for s in [settings]}) == 1
