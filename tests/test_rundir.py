@@ -307,7 +307,7 @@ def test_a_full_disk_mid_run_stops_cleanly_and_resume_finishes(small_disk: Path,
 
 def test_ctrl_c_keeps_finished_trials_says_how_to_resume_and_exits_130(tmp_path: Path, cache: list[str]) -> None:
     run_dir = tmp_path / "run"
-    driver = _start(["--strategy", NAP, "--set", "seconds=3", "--trials", "4", "--concurrency", "1", "--run-dir", str(run_dir),
+    driver = _start(["--strategy", NAP, "--set", "seconds=3", "--trials", "2", "--concurrency", "1", "--run-dir", str(run_dir),
                      *cache], tmp_path / "driver")
     try:
         _wait_for(tmp_path / "driver.out", "trial   0 ", driver)
@@ -329,4 +329,4 @@ def test_ctrl_c_keeps_finished_trials_says_how_to_resume_and_exits_130(tmp_path:
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     done = run(["--resume", "--run-dir", str(run_dir), *cache], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sum(finished(t) for t in load(run_dir)[1].get_trials()) == 4
+    assert sum(finished(t) for t in load(run_dir)[1].get_trials()) == 2
