@@ -79,17 +79,18 @@ def test_study_runs_trials_on_both_nodes(cluster: Cluster, tmp_path: Path, cache
     run_dir = tmp_path / "run"
     # 6 epochs of 1.2 s: a trial reports its progress once it has run 5 s (search.study.trainable.REPORT_EVERY_S)
     # The model is the user's own module, on the driver's path only: the job ships it to both nodes.
+    # Two trials of one CPU each on two one-CPU nodes: one runs on each.
     user_code = tmp_path / "user_code"
     user_code.mkdir()
     (user_code / "remote_only_model.py").write_text(USER_MODEL)
     driver = cluster.run(["--strategy", CURVE, "--model", "remote_only_model:make", "--set", "epochs=6", "--set", "seconds=1.2",
-                          "--no-early-stop", "--trials", "4", "--run-dir", str(run_dir), *cache],
+                          "--no-early-stop", "--trials", "2", "--run-dir", str(run_dir), *cache],
                          driver_path=user_code)
     stdout, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 0, stdout[-2000:] + stderr[-3000:]
     settings = rundir.read_settings(run_dir)
     trials = optuna.load_study(study_name=settings.study_name, storage=settings.storage).get_trials()
-    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
     assert {t.user_attrs["node_ip"] for t in trials} == {HEAD_IP, WORKER_IP}
     assert settings.model == "remote_only_model:make" and all(t.user_attrs["relus"] <= 3 * 64 for t in trials)
     lines = stdout.splitlines()
