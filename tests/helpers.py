@@ -17,10 +17,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -43,6 +45,18 @@ def run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[st
         [sys.executable, "-m", "search.run", *args], cwd=PROJECT_ROOT, env=study_env(),
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+def run_together(commands: Mapping[Hashable, Sequence[str]], **options: Any) -> dict[Hashable, subprocess.CompletedProcess[str]]:
+    """``subprocess.run(command, capture_output=True, text=True, **options)`` for each of ``commands``,
+    as many at once as this machine has cores; each one's result under its key. For the command lines
+    of a parametrized test that each start Python, import torch and stop at an error: one core's work
+    for about 2 s each, so the file's cases take half the time on two cores, and each case still
+    checks its own result."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        started = {key: pool.submit(subprocess.run, list(command), capture_output=True, text=True, **options)
+                   for key, command in commands.items()}
+        return {key: future.result() for key, future in started.items()}
 
 
 def start_run(args: list[str]) -> subprocess.Popen[str]:
