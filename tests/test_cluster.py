@@ -38,8 +38,8 @@ def make(num_classes: int = 10, input_size: tuple = (1, 8, 8), channels: int = 1
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """One two-node cluster for every test of this file: starting one takes about 10 s, and a study
-    on it leaves nothing behind that the next study would see."""
+    """One two-node cluster for every test of this file (starting one takes about 10 s): each test
+    runs a study of its own on it, with a run directory of its own."""
     with network_namespaces() as namespaces, two_node_cluster(namespaces, tmp_path_factory.mktemp("cluster")) as cluster:
         yield cluster
 
