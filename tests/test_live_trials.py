@@ -4,9 +4,9 @@ Through the real command line with real Ray and real Optuna storage: progress li
 trial reach the driver (and ``trials/<n>/log.txt``) before the trial ends; every epoch is an Optuna
 intermediate value and the objectives carry their names; an unreachable SNL target is PRUNED within
 three epochs; the rung rule stops a dominated trial and spares a non-dominated one (a test strategy
-whose learning curves are known, ``tests.strategies_for_tests:Curve``); resume keeps pruned trials;
-strategies that do not use ``relu_target`` never sample it, and a new study starts from each
-strategy's default recipe.
+whose learning curves are known, ``tests.strategies_for_tests:Curve``); resume keeps pruned trials.
+That strategies that do not use ``relu_target`` never sample it, and that a new study starts from each
+strategy's default recipe, is checked on the study ``tests/test_study.py`` shares.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from tests.conftest import PROJECT_ROOT
 from tests.helpers import load, run, study_env
 
 CURVE = "tests.strategies_for_tests:Curve"
-QUICK = "tests.strategies_for_tests:Quick"
 
 
 @pytest.fixture(scope="module")
@@ -188,18 +187,6 @@ def test_unreachable_snl_target_is_pruned_in_a_study(tmp_path: Path, cache: list
     trial = load(run_dir)[1].trials[0]
     assert trial.state == TrialState.PRUNED and trial.user_attrs["prune_reason"].startswith("snl cannot reach")
     assert "1 pruned early" in done.stdout
-
-
-def test_targets_only_where_used_and_default_recipes_first(tmp_path: Path, cache: list[str]) -> None:
-    run_dir = tmp_path / "run"
-    done = run(["--strategy", f"{QUICK},{CURVE}", "--trials", "3", "--concurrency", "1", "--run-dir", str(run_dir),
-                "--teacher-epochs", "2", "--set", "curve.seconds=0", *cache], timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    trials = load(run_dir)[1].get_trials()
-    assert not [t for t in trials if "relu_target" in t.params], "neither strategy uses a target"
-    first = {t.params["strategy"]: t for t in trials[:2]}
-    assert set(first) == {QUICK, CURVE} and all(t.user_attrs.get("default_recipe") for t in first.values())
-    assert first[QUICK].params["quick/keep"] == 0.5 and first[QUICK].user_attrs["options"]["keep"] == 0.5
 
 
 @pytest.mark.parametrize("argv", [["-q", "-v"], ["--no-early-stop=yes"], ["--no-default-first=1"], ["--quiet=1"]])

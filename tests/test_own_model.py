@@ -37,7 +37,7 @@ from search.relu import linearizable, relu_count, sites
 from search.spaces import build_model, list_models, model_options
 from search.teacher import teacher_key
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import study_env
+from tests.helpers import load, study_env
 
 MODULE = "own_model_factories"
 FACTORIES = '''
@@ -357,3 +357,8 @@ def test_two_trial_study_of_an_imported_model(module_dir: Path, tmp_path: Path) 
     assert saved
     model, payload = load_model(saved[0])
     assert payload["model"] == f"{MODULE}:make" and relu_count(model, (1, 8, 8)) <= 512
+    # ... but only with --path-sharing (tests/test_path_sharing.py): without it, as here, a trial keeps only its target
+    trials = load(run_dir)[1].get_trials()
+    assert len(trials) == 2 and not [t for t in trials if "path_of" in t.user_attrs]
+    for trial in trials:
+        assert sorted(p.name for p in (run_dir / "trials" / str(trial.number)).glob("*.pt")) == ["model.pt"]

@@ -1,5 +1,6 @@
 """Path sharing (``--path-sharing``): an SNL trial keeps the masks it passes at 2x and 4x its target,
-finetunes each after its own result is saved, and the study records each as a finished trial of its own."""
+finetunes each after its own result is saved, and the study records each as a finished trial of its own.
+Without the option a trial keeps only its target: checked on the SNL study of ``tests/test_own_model.py``."""
 
 from __future__ import annotations
 
@@ -82,12 +83,3 @@ def test_a_study_records_the_path_as_trials_of_their_own(tmp_path: Path, cache: 
         model, payload = load_model(run_dir / attrs["model_path"])
         assert relu_count(model, (1, 8, 8)) == attrs["relus"] == payload["info"]["relus"]
         assert f"trial {trial.number:>3} snl" in done.stdout and f"[on trial {parent.number}'s mask path]" in done.stdout
-
-
-def test_without_path_sharing_a_trial_keeps_only_its_target(tmp_path: Path, cache: list[str]) -> None:
-    run_dir = tmp_path / "run"
-    done = run(["--strategy", "snl", "--trials", "1", "--run-dir", str(run_dir), *FAST, *cache], timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    trials = load(run_dir)[1].get_trials()
-    assert len(trials) == 1 and "path_of" not in trials[0].user_attrs
-    assert sorted(p.name for p in (run_dir / "trials" / "0").glob("*.pt")) == ["model.pt"]

@@ -37,6 +37,7 @@ from search.run import main as run_study_main
 from search.spaces import build_model
 from search.study import rundir
 from tests.conftest import PROJECT_ROOT
+from tests.helpers import run_together
 from tests.test_report import make_run
 
 LOGIT_TOLERANCE = 0.05  # SPU's fixed point (FM64, 18 fraction bits): errors seen are about 2e-3
@@ -278,14 +279,25 @@ def test_a_checkpoint_with_an_unknown_operation_is_refused_in_one_line(module_di
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: cannot export Hardswish at "), proc.stderr
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_INPUT = [
     (["missing.pt"], "error: checkpoint missing.pt does not exist"),
     (["x.pt", "--images", "0"], "error: argument --images: expected an integer from 1 to 10,000, got '0'"),
     (["x.pt", "--protocol", "aby3"], "error: argument --protocol: invalid choice: 'aby3'"),
-])
-def test_bad_input_gets_one_error_line(args: list[str], message: str, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "search.pi", *args], check=False, capture_output=True, text=True, cwd=tmp_path,
-                          env=_env(), timeout=300)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
+    """The command lines of the test below, run together up front (:func:`tests.helpers.run_together`)
+    in an empty folder; each case checks the result of its own."""
+    commands = {tuple(args): [sys.executable, "-m", "search.pi", *args] for args, _ in BAD_INPUT}
+    return run_together(commands, cwd=tmp_path_factory.mktemp("pi-bad-input"), env=_env(), timeout=300)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUT)
+def test_bad_input_gets_one_error_line(args: list[str], message: str,
+                                       bad_input_runs: dict[tuple[str, ...], subprocess.CompletedProcess[str]]) -> None:
+    proc = bad_input_runs[tuple(args)]
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(message), proc.stderr
 
 

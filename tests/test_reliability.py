@@ -2,12 +2,13 @@
 
 - the driver SIGKILLed at seeded random points, three times, each followed by ``--resume``;
 - per-trial time and memory limits (``--trial-timeout``, ``--trial-memory``) that really stop a trial;
-- the Ray worker node killed mid-trial on a two-node cluster, with ``--trial-retries`` 0 and 1;
 - corrupt inputs through the real command line: one ``error:`` line, exit 2, no result file touched;
 - a read-only run directory, refused at start.
 
 Trials that raise or return NaN are covered by ``tests/test_study.py``
-(``test_raising_and_nan_trials_fail_and_the_study_completes``).
+(``test_raising_and_nan_trials_fail_and_the_study_completes``); the Ray worker node killed mid-trial on a
+two-node cluster, with ``--trial-retries`` 0 and 1, by ``tests/test_cluster.py`` (one cluster serves
+both tests there).
 """
 
 from __future__ import annotations
@@ -29,21 +30,9 @@ from search.errors import SearchError
 from search.run import parse_args
 from search.study import rundir
 from search.study.limits import memory_reason, time_reason
-from search.study.searcher import CRASHED
 from search.study.storage import INTERRUPTED, finished
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import (  # noqa: F401
-    HEAD_IP,
-    WORKER_IP,
-    Cluster,
-    load,
-    namespaces,
-    progress_lines,
-    run,
-    start_run,
-    stop_group,
-    two_node_cluster,
-)
+from tests.helpers import load, progress_lines, run, start_run, stop_group
 
 QUICK = "tests.strategies_for_tests:Quick"
 NAP = "tests.strategies_for_tests:Nap"
@@ -145,48 +134,6 @@ def test_time_and_memory_limits_stop_trials_and_the_study_goes_on(tmp_path: Path
     lines = progress_lines(done.stdout)
     assert sum("FAILED: time limit exceeded" in line for line in lines) == len(by_strategy[NAP])
     assert sum("FAILED: memory limit exceeded" in line for line in lines) == len(by_strategy[HOG])
-
-
-def _kill_worker_mid_trial(cluster: Cluster, markers: Path, driver: subprocess.Popen[str]) -> None:
-    """Kill the worker node once a trial has started sleeping on it (its Nap left a marker)."""
-    deadline = time.monotonic() + 120
-    while not list(markers.glob(f"{WORKER_IP}-*")):
-        if time.monotonic() > deadline or driver.poll() is not None:
-            raise AssertionError(f"no trial started on the worker node: {driver.communicate()}")
-        time.sleep(0.2)
-    for old in markers.iterdir():
-        old.unlink()
-    cluster.kill_worker()
-
-
-def test_worker_node_killed_mid_trial(namespaces: tuple[str, str], tmp_path: Path, cache: list[str]) -> None:  # noqa: F811
-    """Two one-CPU nodes, two Nap trials (5 s) at a time; the worker node is killed once a trial is
-    sleeping on it. Retries 0 (default): that trial is FAILED and the study completes on the head.
-    Then, with the worker back, ``--resume --trial-retries 1``: the killed trial is rerun on the head."""
-    run_dir, markers = tmp_path / "run", tmp_path / "markers"
-    markers.mkdir()
-    with two_node_cluster(namespaces, tmp_path) as cluster:
-        driver = cluster.run(["--strategy", NAP, "--set", "seconds=5", "--set", f"marker={markers}", "--trials", "2",
-                              "--concurrency", "2", "--run-dir", str(run_dir), *cache])
-        _kill_worker_mid_trial(cluster, markers, driver)
-        stdout, stderr = driver.communicate(timeout=240)
-        assert driver.returncode == 0, stdout[-2000:] + stderr[-3000:]
-        trials = load(run_dir)[1].get_trials()
-        failed = [t for t in trials if t.state == TrialState.FAIL]
-        assert len(trials) == 2 and len(failed) == 1, stdout
-        assert failed[0].user_attrs["fail_reason"] == CRASHED
-        assert sum(t.state == TrialState.COMPLETE for t in trials) == 1
-        assert f"FAILED: {CRASHED}" in stdout
-
-        cluster.start_worker(time.monotonic() + 120)
-        driver = cluster.run(["--resume", "--run-dir", str(run_dir), "--trials", "4", "--trial-retries", "1", *cache])
-        _kill_worker_mid_trial(cluster, markers, driver)
-        stdout, stderr = driver.communicate(timeout=240)
-        assert driver.returncode == 0, stdout[-2000:] + stderr[-3000:]
-    trials = load(run_dir)[1].get_trials()
-    new = [t for t in trials if t.number >= 2]
-    assert len(new) == 2 and all(t.state == TrialState.COMPLETE for t in new), [t.user_attrs for t in new]
-    assert {t.user_attrs["node_ip"] for t in new} == {HEAD_IP}, "the worker's trial was rerun on the head"
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:

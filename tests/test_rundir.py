@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -47,13 +48,32 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return ["--cache-dir", str(tmp_path_factory.getbasetemp() / "search-cache")]
 
 
+@dataclass(frozen=True)
+class Race:
+    """Two new runs started together on one directory: their exit codes and stderr files."""
+
+    run_dir: Path
+    codes: list[int]
+    errors: list[Path]
+
+
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory, cache: list[str]) -> Path:
-    """A finished two-trial study (copy it before changing it)."""
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    done = run(["--strategy", QUICK, "--trials", "2", "--run-dir", str(run_dir), "--teacher-epochs", "2", *cache])
-    assert done.returncode == 0, done.stderr[-3000:]
-    return run_dir
+def race(tmp_path_factory: pytest.TempPathFactory, cache: list[str]) -> Race:
+    """Two new one-trial studies started together on one directory: one owns it and finishes, the
+    other is refused. The finished run is also :func:`finished_run`, so that one study (and its Ray)
+    serves the race and the tests of a finished run."""
+    folder = tmp_path_factory.mktemp("race")
+    run_dir = folder / "run"
+    args = ["--strategy", QUICK, "--trials", "1", "--run-dir", str(run_dir), "--teacher-epochs", "2", *cache]
+    drivers = [_start(args, folder / f"d{i}") for i in range(2)]
+    return Race(run_dir, [d.wait(300) for d in drivers], [folder / f"d{i}.err" for i in range(2)])
+
+
+@pytest.fixture(scope="module")
+def finished_run(race: Race) -> Path:
+    """A finished one-trial study, the one the race left (copy it before changing it)."""
+    assert 0 in race.codes, [path.read_text()[-3000:] for path in race.errors]
+    return race.run_dir
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -116,34 +136,83 @@ def test_a_copied_run_resumes_on_its_own_storage(finished_run: Path, tmp_path: P
     assert (copy / "trials" / "2" / "model.pt").is_file()
 
 
-def test_a_second_run_on_a_live_directory_is_refused_and_a_stale_lock_taken_over(tmp_path: Path, cache: list[str]) -> None:
-    run_dir = tmp_path / "run"
-    first = _start(["--strategy", NAP, "--set", "seconds=60", "--trials", "1", "--run-dir", str(run_dir), *cache], tmp_path / "first")
+@dataclass(frozen=True)
+class KilledOwner:
+    """A run whose driver was SIGKILLed mid-trial (see :func:`killed_owner`): what it showed while it
+    was alive, what of its Ray was left after, and its resume."""
+
+    run_dir: Path
+    pid: int
+    refused: list[subprocess.CompletedProcess[str]]  # a new run, then a --resume, on its live directory
+    lock: dict[str, object]  # its lock file while it was alive
+    ray_processes: list[str]  # "pid name" of its local Ray's processes before the kill
+    left: list[str]  # those still alive 30 s after the kill
+    resumed: subprocess.CompletedProcess[str]
+
+
+def _alive(process: psutil.Process) -> bool:
     try:
-        _wait_for(tmp_path / "first.out", "running 1 trial", first)
-        owner = f"PID {first.pid} on "
-        for args in (["--strategy", NAP], ["--resume"]):
-            line = _one_error(run([*args, "--run-dir", str(run_dir), *cache]))
-            assert owner in line and "in use by" in line, line
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(scope="module")
+def killed_owner(tmp_path_factory: pytest.TempPathFactory, cache: list[str]) -> KilledOwner:
+    """One live run for the lock test and the test of what a SIGKILL leaves, which both need a driver
+    killed mid-trial (one run and its Ray instead of two): a one-trial study of a 60 s nap. While it
+    runs, a second run and a ``--resume`` on its directory are tried and its lock file read; once its
+    trial's worker is up (3 s after "running 1 trial"), its driver alone is SIGKILLed, as the OOM killer
+    would, and the Ray processes it had are watched for 30 s; then the run is resumed, the rerun of the
+    nap cut short (only the lock is under test there)."""
+    folder = tmp_path_factory.mktemp("killed-owner")
+    run_dir = folder / "run"
+    driver = _start(["--strategy", NAP, "--set", "seconds=60", "--trials", "1", "--run-dir", str(run_dir), *cache], folder / "driver")
+    try:
+        _wait_for(folder / "driver.out", "running 1 trial", driver)
+        running = time.monotonic()
+        refused = [run([*args, "--run-dir", str(run_dir), *cache]) for args in (["--strategy", NAP], ["--resume"])]
         lock = json.loads((run_dir / LOCK_FILE).read_text())
-        assert lock["pid"] == first.pid and lock["host"] and lock["started"]
+        time.sleep(max(0.0, 3 - (time.monotonic() - running)))  # the trial's worker is up
+        ray_processes = [p for p in psutil.Process(driver.pid).children(recursive=True) if "reaper" not in " ".join(p.cmdline())]
+        names = {p.pid: f"{p.pid} {p.name()}" for p in ray_processes}
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone
+        driver.wait(30)
+        deadline = time.monotonic() + 30
+        left = ray_processes
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = [p for p in left if _alive(p)]
     finally:
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(30)
-    # The rerun of the interrupted 60 s nap is cut short: only the lock is under test here.
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
     resumed = run(["--resume", "--run-dir", str(run_dir), "--trial-timeout", "2", *cache], timeout=300)
-    assert f"taking over the stale lock of {run_dir}: PID {first.pid}" in resumed.stdout, resumed.stdout[-2000:]
+    return KilledOwner(run_dir, driver.pid, refused, lock, list(names.values()), [names[p.pid] for p in left], resumed)
+
+
+def test_a_second_run_on_a_live_directory_is_refused_and_a_stale_lock_taken_over(killed_owner: KilledOwner) -> None:
+    run_dir, pid = killed_owner.run_dir, killed_owner.pid
+    owner = f"PID {pid} on "
+    for refused in killed_owner.refused:
+        line = _one_error(refused)
+        assert owner in line and "in use by" in line, line
+    lock = killed_owner.lock
+    assert lock["pid"] == pid and lock["host"] and lock["started"]
+    resumed = killed_owner.resumed
+    assert f"taking over the stale lock of {run_dir}: PID {pid}" in resumed.stdout, resumed.stdout[-2000:]
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
 
-def test_new_runs_started_together_get_one_owner(tmp_path: Path, cache: list[str]) -> None:
-    run_dir = tmp_path / "run"
-    args = ["--strategy", QUICK, "--trials", "1", "--run-dir", str(run_dir), "--teacher-epochs", "2", *cache]
-    drivers = [_start(args, tmp_path / f"d{i}") for i in range(2)]
-    codes = [d.wait(300) for d in drivers]
+def test_sigkill_of_the_driver_leaves_no_ray_process(killed_owner: KilledOwner) -> None:
+    assert any("raylet" in name for name in killed_owner.ray_processes), killed_owner.ray_processes
+    assert not killed_owner.left, "left running after SIGKILL of the driver: " + "; ".join(killed_owner.left)
+
+
+def test_new_runs_started_together_get_one_owner(race: Race) -> None:
+    run_dir, codes = race.run_dir, race.codes
     assert sorted(codes) == [0, 2], codes
     loser = codes.index(2)
-    error = (tmp_path / f"d{loser}.err").read_text().strip().splitlines()
+    error = race.errors[loser].read_text().strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: run directory") and ("in use by" in error[0] or "already exists" in error[0])
     settings, study = load(run_dir)
     assert len(study.get_trials()) == 1 and len({s.study_name for s in [settings]}) == 1
@@ -238,7 +307,7 @@ def test_a_full_disk_mid_run_stops_cleanly_and_resume_finishes(small_disk: Path,
 
 def test_ctrl_c_keeps_finished_trials_says_how_to_resume_and_exits_130(tmp_path: Path, cache: list[str]) -> None:
     run_dir = tmp_path / "run"
-    driver = _start(["--strategy", NAP, "--set", "seconds=3", "--trials", "4", "--concurrency", "1", "--run-dir", str(run_dir),
+    driver = _start(["--strategy", NAP, "--set", "seconds=3", "--trials", "2", "--concurrency", "1", "--run-dir", str(run_dir),
                      *cache], tmp_path / "driver")
     try:
         _wait_for(tmp_path / "driver.out", "trial   0 ", driver)
@@ -260,32 +329,4 @@ def test_ctrl_c_keeps_finished_trials_says_how_to_resume_and_exits_130(tmp_path:
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     done = run(["--resume", "--run-dir", str(run_dir), *cache], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sum(finished(t) for t in load(run_dir)[1].get_trials()) == 4
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def test_sigkill_of_the_driver_leaves_no_ray_process(tmp_path: Path, cache: list[str]) -> None:
-    run_dir = tmp_path / "run"
-    driver = _start(["--strategy", NAP, "--set", "seconds=60", "--trials", "1", "--run-dir", str(run_dir), *cache], tmp_path / "driver")
-    try:
-        _wait_for(tmp_path / "driver.out", "running 1 trial", driver)
-        time.sleep(3)  # the trial's worker is up
-        ray_processes = [p for p in psutil.Process(driver.pid).children(recursive=True) if "reaper" not in " ".join(p.cmdline())]
-        assert any("raylet" in p.name() for p in ray_processes), [p.name() for p in ray_processes]
-        os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as the OOM killer would
-        driver.wait(30)
-        deadline = time.monotonic() + 30
-        left = ray_processes
-        while left and time.monotonic() < deadline:
-            time.sleep(0.5)
-            left = [p for p in left if _alive(p)]
-        assert not left, "left running after SIGKILL of the driver: " + "; ".join(f"{p.pid} {p.name()}" for p in left)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
+    assert sum(finished(t) for t in load(run_dir)[1].get_trials()) == 2

@@ -3,10 +3,12 @@ masks, checkpoints that round-trip, the soft-mask kernel, and one-line errors fr
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -22,6 +24,7 @@ from search.relu import relu_count, sites, trace_shapes
 from search.spaces import build_model
 from search.strategies import PlanNeedsTraining, TargetOutOfReach, get_strategy
 from search.train import EpochStats, evaluate
+from tests.helpers import run_together
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TEACHER_EPOCHS = 4  # a small, quickly trained teacher shared by every test through the session cache
@@ -254,12 +257,16 @@ def test_suggest_is_define_by_run_with_namespaced_names(tmp_path):
 # -- the real command line ------------------------------------------------------------------------
 
 
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "search.linearize", "--strategy", "snl", "--dataset", "digits", *args]
+
+
+def _cli_options(cache: Path) -> dict[str, Any]:
+    return {"cwd": PROJECT_ROOT, "timeout": 600, "env": {**os.environ, "SEARCH_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}}
+
+
 def _cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    env_cmd = [sys.executable, "-m", "search.linearize", "--strategy", "snl", "--dataset", "digits", *args]
-    return subprocess.run(
-        env_cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600,
-        env={**__import__("os").environ, "SEARCH_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"},
-    )
+    return subprocess.run(_command(*args), capture_output=True, text=True, **_cli_options(cache))
 
 
 def test_cli_saved_model_round_trips(digits, tmp_path, isolated_cache):
@@ -294,20 +301,28 @@ def test_cli_several_budgets_print_a_line_and_save_a_model_each(digits, tmp_path
     assert not out.exists()
 
 
-@pytest.mark.parametrize(
-    "args, expected",
-    [
-        (["--budget", "0"], "budget 0 is out of range"),
-        (["--budget", "10%,x"], "bad budget 'x'"),
-        (["--budget", "10%,0"], "budget 0 is out of range"),
-        (["--budget", "5000"], "budget 5000 is out of range"),
-        (["--budget", "10%", "--set", "kappa=1"], "bad value 1.0 for kappa: expected a number > 1"),
-        (["--budget", "10%", "--set", "epsilon=0"], "bad value 0.0 for epsilon: expected a number > 0"),
-        (["--budget", "10%", "--set", "lam=-1"], "bad value -1.0 for lam: expected a number >= 0"),
-    ],
-)
-def test_cli_bad_values_give_one_error_line(args, expected, tmp_path):
-    proc = _cli(*args, cache=tmp_path)
+BAD_VALUES = [
+    (["--budget", "0"], "budget 0 is out of range"),
+    (["--budget", "10%,x"], "bad budget 'x'"),
+    (["--budget", "10%,0"], "budget 0 is out of range"),
+    (["--budget", "5000"], "budget 5000 is out of range"),
+    (["--budget", "10%", "--set", "kappa=1"], "bad value 1.0 for kappa: expected a number > 1"),
+    (["--budget", "10%", "--set", "epsilon=0"], "bad value 0.0 for epsilon: expected a number > 0"),
+    (["--budget", "10%", "--set", "lam=-1"], "bad value -1.0 for lam: expected a number >= 0"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_value_runs(tmp_path_factory):
+    """The command lines of the test below, run together up front (:func:`tests.helpers.run_together`),
+    with an empty cache of their own; each case checks the result of its own."""
+    options = _cli_options(tmp_path_factory.mktemp("snl-bad-values"))
+    return run_together({tuple(args): _command(*args) for args, _ in BAD_VALUES}, **options)
+
+
+@pytest.mark.parametrize("args, expected", BAD_VALUES)
+def test_cli_bad_values_give_one_error_line(args, expected, bad_value_runs):
+    proc = bad_value_runs[tuple(args)]
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr

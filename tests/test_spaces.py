@@ -12,6 +12,7 @@ from search.errors import SearchError
 from search.relu import relu_count, relu_table
 from search.relu import stage_totals
 from search.spaces import build_model, list_models
+from tests.helpers import run_together
 
 
 def test_resnet18_counts_per_stage_at_32() -> None:
@@ -36,45 +37,57 @@ def test_published_counts(name: str, options: dict, shape: tuple[int, int, int],
     assert relu_count(model, shape) == expected
 
 
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["--model", "resnet18", "--input", "3x32x32"], 557_056),
-        (["--model", "resnet18", "--input", "3x32x32", "--set", "stem_relu=false"], 491_520),
-        (["--model", "resnet18", "--input", "3x64x64"], 2_228_224),
-        (["--model", "wrn22_8", "--input", "3x32x32"], 1_359_872),
-    ],
-)
-def test_inspect_cli_prints_exact_totals(args: list[str], expected: int) -> None:
-    out = subprocess.run([sys.executable, "-m", "search.inspect", *args], capture_output=True, text=True, check=True).stdout
+TOTALS = [
+    (["--model", "resnet18", "--input", "3x32x32"], 557_056),
+    (["--model", "resnet18", "--input", "3x32x32", "--set", "stem_relu=false"], 491_520),
+    (["--model", "resnet18", "--input", "3x64x64"], 2_228_224),
+    (["--model", "wrn22_8", "--input", "3x32x32"], 1_359_872),
+]
+DEFAULTS = ["--dataset", "digits", "--sites"]
+BAD_INPUT = [
+    (["--model", "nope", "--input", "3x32x32"], "unknown model 'nope'; accepted: "),
+    (["--model", "resnet18", "--input", "3x32"], "bad input shape '3x32'"),
+    (["--model", "resnet18", "--input", "3x32x32", "--set", "depth=3"], "unknown option 'depth' for model resnet18"),
+    (["--model", "resnet18", "--input", "3x32x32", "--set", "width=wide"], "bad value 'wide' for width: expected a number"),
+    (["--model", "resnet18", "--input", "3x32x32", "--set", "stem_stride=3"], "expected one of 1, 2"),
+    (["--model", "resnet18", "--input", "3x32x32", "--set", "width"], "--set expects key=value"),
+    (["--model", "wrn22_8", "--input", "3x32x32", "--set", "depth=21"], "expected 6n+4"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--model", "resnet18"], "one of the arguments --input --dataset"),
+]
+
+
+Runs = dict[tuple[str, ...], subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def inspected() -> Runs:
+    """``python -m search.inspect`` with each command line of the tests below, run together up front
+    (:func:`tests.helpers.run_together`); each test checks the result of its own."""
+    lines = [args for args, _ in TOTALS] + [DEFAULTS] + [args for args, _ in BAD_INPUT]
+    return run_together({tuple(args): [sys.executable, "-m", "search.inspect", *args] for args in lines})  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(("args", "expected"), TOTALS)
+def test_inspect_cli_prints_exact_totals(args: list[str], expected: int, inspected: Runs) -> None:
+    done = inspected[tuple(args)]
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert out.strip().splitlines()[-1] == f"total_relus={expected}"
     assert ("stem ReLU: present" in out) == ("stem_relu=false" not in args and "wrn22_8" not in args)
 
 
-def test_inspect_dataset_uses_the_default_model_and_input_shape() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "search.inspect", "--dataset", "digits", "--sites"], capture_output=True, text=True, check=True
-    ).stdout
+def test_inspect_dataset_uses_the_default_model_and_input_shape(inspected: Runs) -> None:
+    done = inspected[tuple(DEFAULTS)]
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert "model resnet_tiny" in out and "input 1x8x8" in out and "stage1.0.relu2" in out
     assert out.strip().splitlines()[-1] == "total_relus=4608"
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--model", "nope", "--input", "3x32x32"], "unknown model 'nope'; accepted: "),
-        (["--model", "resnet18", "--input", "3x32"], "bad input shape '3x32'"),
-        (["--model", "resnet18", "--input", "3x32x32", "--set", "depth=3"], "unknown option 'depth' for model resnet18"),
-        (["--model", "resnet18", "--input", "3x32x32", "--set", "width=wide"], "bad value 'wide' for width: expected a number"),
-        (["--model", "resnet18", "--input", "3x32x32", "--set", "stem_stride=3"], "expected one of 1, 2"),
-        (["--model", "resnet18", "--input", "3x32x32", "--set", "width"], "--set expects key=value"),
-        (["--model", "wrn22_8", "--input", "3x32x32", "--set", "depth=21"], "expected 6n+4"),
-        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
-        (["--model", "resnet18"], "one of the arguments --input --dataset"),
-    ],
-)
-def test_inspect_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "search.inspect", *args], capture_output=True, text=True)
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT)
+def test_inspect_bad_input_is_one_line_and_exit_2(args: list[str], message: str, inspected: Runs) -> None:
+    proc = inspected[tuple(args)]
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr

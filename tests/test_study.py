@@ -2,7 +2,8 @@
 
 Every test drives ``python -m search.run`` as a user would, from the project root, so Ray's workers
 import the test strategies of ``tests/strategies_for_tests.py`` the same way. Repeated driver kills,
-time and memory limits, a dead node and corrupt inputs are in ``tests/test_reliability.py``.
+time and memory limits and corrupt inputs are in ``tests/test_reliability.py``, a dead node in
+``tests/test_cluster.py``.
 """
 
 from __future__ import annotations
@@ -110,6 +111,17 @@ def test_raising_and_nan_trials_fail_and_the_study_completes(mixed: tuple[Path, 
     assert sum("FAILED" in line for line in progress_lines(done.stdout)) == len(boom) + len(nan)
     first_failure = min(t.number for t in boom + nan)
     assert [t for t in trials if t.number > first_failure and t.state != TrialState.FAIL], "the study went on after a failure"
+
+
+def test_targets_only_where_used_and_default_recipes_first(mixed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """A new study starts from each strategy's default recipe, in the order given; strategies that do not
+    use ``relu_target`` (none of these four does) never sample it."""
+    _, study = load(mixed[0])
+    trials = study.get_trials()
+    assert not [t for t in trials if "relu_target" in t.params], "no strategy here uses a target"
+    first = {t.params["strategy"]: t for t in trials[:4]}
+    assert set(first) == {QUICK, COARSE, BOOM, NAN} and all(t.user_attrs.get("default_recipe") for t in first.values())
+    assert first[QUICK].params["quick/keep"] == 0.5 and first[QUICK].user_attrs["options"]["keep"] == 0.5
 
 
 def test_over_budget_plans_are_infeasible_and_never_trained(mixed: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
