@@ -70,12 +70,13 @@ def calibrate(width: float, fractions: list[float], images: int, data_dir: str) 
             m = measure_checkpoint(str(path), images, "cheetah", "cifar10", data_dir, progress=_log)
             _log(f"kept {fraction:.0%}: {m.relus:,} ReLUs measured in {time.perf_counter() - started:.0f} s")
             rows.append({"fraction": fraction, "sites": len(sites(model)), **m.to_json()})
-    kept = np.array([r["relus"] for r in rows], dtype=float)
-    relu_bytes = np.array([r["steady_bytes_by_kind"]["relu"] for r in rows], dtype=float)
-    relu_seconds = np.array([r["steady_seconds_by_kind"]["relu"] for r in rows], dtype=float)
+    fitted = [r for r in rows if r["relus"]]  # a site with nothing kept is skipped outright: no fixed cost
+    kept = np.array([r["relus"] for r in fitted], dtype=float)
+    relu_bytes = np.array([r["steady_bytes_by_kind"]["relu"] for r in fitted], dtype=float)
+    relu_seconds = np.array([r["steady_seconds_by_kind"]["relu"] for r in fitted], dtype=float)
     bytes_slope, bytes_intercept = np.polyfit(kept, relu_bytes, 1)
     seconds_slope, seconds_intercept = np.polyfit(kept, relu_seconds, 1)
-    worst = float(np.max(np.abs(relu_bytes - (bytes_slope * kept + bytes_intercept)) / np.maximum(relu_bytes, 1.0)))
+    worst = float(np.max(np.abs(relu_bytes - (bytes_slope * kept + bytes_intercept)) / relu_bytes))
     return {"width": width, "full_relus": full, "rows": rows, "bytes_per_relu": float(bytes_slope),
             "bytes_fixed": float(bytes_intercept), "us_per_relu": float(seconds_slope) * 1e6,
             "seconds_fixed": float(seconds_intercept), "worst_bytes_fit_error": worst}
@@ -98,7 +99,7 @@ def calibration_table(result: dict[str, Any]) -> str:
         lines.append(f"| {r['fraction']:.0%} | {r['relus']:,} | {_mb(by_kind['relu'])} | {per} | "
                      f"{r['steady_seconds_by_kind']['relu']:.2f} | {_mb(by_kind['linear'])} | {_mb(r['steady_bytes'])} | "
                      f"{r['steady_seconds']:.1f} | {_mb(r['setup_bytes'])} | {'yes' if r['matches_plain'] else 'NO'} |")
-    fit = (f"fit over the rows: ReLU bytes = {result['bytes_per_relu']:.1f} x kept + {result['bytes_fixed']:,.0f} "
+    fit = (f"fit over the rows with ReLUs kept: ReLU bytes = {result['bytes_per_relu']:.1f} x kept + {result['bytes_fixed']:,.0f} "
            f"(worst row off the line by {result['worst_bytes_fit_error']:.1%}); ReLU seconds = "
            f"{result['us_per_relu']:.1f} us x kept + {result['seconds_fixed']:.2f} s")
     lines += ["", fit]
@@ -142,7 +143,7 @@ def measure_files(paths: list[str], images: int, data_dir: str) -> list[dict[str
         started = time.perf_counter()
         m = measure_checkpoint(path, images, "cheetah", None, data_dir, progress=_log)
         _log(f"{path}: {m.relus:,} ReLUs measured in {time.perf_counter() - started:.0f} s")
-        found.append({**m.to_json(), "label": f"{m.strategy or m.model} ({Path(path).name})"})
+        found.append({**m.to_json(), "info": m.info, "label": f"{m.strategy or m.model} ({Path(path).name})"})
     return found
 
 
