@@ -37,10 +37,11 @@ class CostModel:
 # circuit + 1,344 B labels + 672 B OT. Cheetah as published (OpenCheetah, l = 32): about 1 us and 44 B
 # per ReLU. Cheetah as measured here (benchmarks/bench_pi.py, BENCHMARKS.md "Measured private
 # inference"): 98.5 B per kept ReLU under SPU's Cheetah (64-bit ring), exactly linear in the kept count
-# from 2% to 50% of resnet18's positions; 17 us per ReLU with both parties on one 2-core machine.
+# from 2% to 50% of resnet18's positions; 15 us per ReLU with both parties on one 2-core machine (13.4
+# and 17.0 us in two runs).
 COST_PRESETS: dict[str, CostModel] = {
     "delphi": CostModel("delphi", 24.6, 1184.0, 17072.0 + 1344.0 + 672.0, source="DELPHI on ResNet18"),
-    "cheetah": CostModel("cheetah", 17.0, 98.5, source="SPU Cheetah measured, BENCHMARKS.md"),
+    "cheetah": CostModel("cheetah", 15.0, 98.5, source="SPU Cheetah measured, BENCHMARKS.md"),
     "cheetah-paper": CostModel("cheetah-paper", 1.0, 44.0, source="OpenCheetah paper, l = 32"),
 }
 

@@ -207,6 +207,13 @@ def test_relu_bytes_fall_exactly_with_the_kept_count(kept_models: dict[int, Path
     assert large.steady.bytes_by_kind["linear"] == pytest.approx(small.steady.bytes_by_kind["linear"], rel=0.01)
 
 
+def test_semi2k_runs_the_same_model_with_the_plain_predictions(kept_models: dict[int, Path]) -> None:
+    measured = measure_checkpoint(str(kept_models[128]), images=2, protocol="semi2k")
+    assert measured.protocol == "semi2k" and measured.matches and measured.relus == 128
+    assert measured.steady.bytes_by_kind["relu"] > 0 and measured.steady.bytes_by_kind["linear"] > 0
+    assert max(i.logit_error for i in measured.images) < LOGIT_TOLERANCE
+
+
 def test_report_measures_the_pareto_trials_and_keeps_the_measurements(kept_models: dict[int, Path], module_dir: Path,
                                                                       tmp_path: Path) -> None:
     run_dir = make_run(tmp_path / "run", [("snl", 128, 0.80, True, TrialState.COMPLETE),
