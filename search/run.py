@@ -501,7 +501,7 @@ def first_trials(plan: Plan, verbose: bool, path_sharing: bool) -> dict[str, tup
     cluster.quiet(verbose)
     study = optuna.create_study(directions=settings.directions, sampler=make_sampler(settings.sampler, settings.seed))
     enqueue_defaults(study, plan.strategies, cap, settings.dataset, fixed)
-    space = define_space(plan.strategies, cap, settings.dataset, fixed, settings.model)
+    space = define_space(plan.strategies, cap, settings.dataset, fixed, settings.model, settings.model_options)
     first: dict[str, tuple[Any, list[int]]] = {}
     for _ in plan.strategies:
         decided = space(study.ask())[TRIAL_KEY]

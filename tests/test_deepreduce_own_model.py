@@ -13,6 +13,7 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
+import optuna
 import pytest
 
 from search.cli import run_main
@@ -30,6 +31,8 @@ from search.strategies.stages import (
     model_stages,
     residual_blocks,
 )
+from search.study.searcher import define_space
+from search.study.trial import TRIAL_KEY
 from tests.conftest import PROJECT_ROOT
 
 MY_MODEL = "my_model:make_net"
@@ -184,3 +187,21 @@ def test_named_stages_are_measured_for_n_cull_and_keyed_in_the_cache(tmp_path: P
     relus = {"S1": 1_024, "S2": 2_048, "S3": 1_024}
     assert out.strip().splitlines()[-1].startswith(f"relus={4_096 - relus[least]} ")
 
+
+
+@pytest.mark.parametrize("model, fixed, sampled", [
+    ("resnet18", {}, {"n_cull", "thin", "alpha", "rho"}),
+    (MY_MODEL, {}, {"n_cull", "thin", "alpha"}),  # width, no stem_stride
+    ("plain_model:make", {}, {"n_cull"}),  # no residual block to thin, no width or stem stride
+    ("resnet18", {"cull": ("S1",)}, {"thin", "alpha", "rho"}),  # named stages fixed: no n_cull beside them
+])
+def test_a_study_samples_only_the_plan_parts_that_apply_to_its_model(model: str, fixed: dict, sampled: set[str]) -> None:
+    strategy = get_strategy("deepreduce")
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    space = define_space({"deepreduce": strategy}, 4_096, "digits", {"deepreduce": fixed}, model, {})
+    for _ in range(4):
+        trial = study.ask()
+        decided = space(trial)[TRIAL_KEY]
+        assert "error" not in decided, decided
+        assert {name.removeprefix("deepreduce/") for name in trial.params} == sampled
+        strategy.parse_options({**decided["options"], **fixed})  # a consistent plan: cull and n_cull never both

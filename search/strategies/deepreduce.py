@@ -24,7 +24,9 @@ only the distillation transfers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from torch import nn
 
 from search import progress
-from search.data import DatasetInfo
+from search.data import DatasetInfo, dataset_info
 from search.errors import SearchError
 from search.relu import relu_count, sites, trace_shapes
 from search.spaces import build_model
@@ -197,6 +199,14 @@ def model_fit(model: nn.Module, model_name: str, input_size: Sequence[int], pref
     found = forward_sites(model, input_size)
     blocks, no_blocks = residual_blocks(model, found)
     return ModelFit(model_name, model_stages(found, prefixes), tuple(blocks), no_blocks, tuple(declared_model_options(model_name)))
+
+
+@functools.lru_cache(maxsize=8)
+def study_model_fit(model_name: str, model_options_json: str, dataset: str, prefixes: tuple[str, ...] | None) -> ModelFit:
+    """:func:`model_fit` of a study's model on its dataset, once per process (the searcher asks per trial)."""
+    info = dataset_info(dataset)
+    model = base_model(model_name, json.loads(model_options_json), info.input_shape, info.num_classes)
+    return model_fit(model, model_name, info.input_shape, prefixes)
 
 
 def reshaped_options(model_name: str, model_options: Mapping[str, Any], alpha: float, rho: float) -> dict[str, Any]:
@@ -413,14 +423,25 @@ class DeepReDuce(Strategy):
     Options = DeepReDuceOptions
     summary = "cull the least critical ResNet stages, thin, reshape (alpha, rho), train with KD"
 
-    def suggest(self, trial: optuna.Trial, budget: int | None, model: str | None = None) -> dict[str, Any]:
-        """Culling and thinning always; alpha and rho only where the study's ``model`` declares
-        ``width`` and ``stem_stride`` (a user's model may not: those trials would only be refused)."""
-        declared = declared_model_options(model) if model is not None else {"width": None, "stem_stride": None}
-        chosen: dict[str, Any] = {
-            "n_cull": trial.suggest_categorical("deepreduce/n_cull", SUGGESTED_N_CULL),
-            "thin": trial.suggest_categorical("deepreduce/thin", [False, True]),
-        }
+    def suggest(self, trial: optuna.Trial, budget: int | None, model: str | None = None, dataset: str | None = None,
+                fixed: Mapping[str, Any] | None = None, model_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The plan parts that apply to the study's ``model`` (built once per study, :func:`study_model_fit`):
+        n_cull below its stage count where it has several stages, thin where it has residual blocks,
+        alpha and rho where its factory declares ``width`` and ``stem_stride``. Parts that do not apply
+        are not sampled: their trials would only be refused, dead dimensions of the sampler's space."""
+        if model is None or dataset is None:  # a caller that does not say the model: the registry's ResNets
+            culls, thins, declared = SUGGESTED_N_CULL, True, ("width", "stem_stride")
+        else:
+            stages = (fixed or {}).get("stages")
+            applies = study_model_fit(model, json.dumps(dict(model_options or {}), sort_keys=True, default=str), dataset,
+                                      tuple(stages) if stages else None)
+            culls = [n for n in SUGGESTED_N_CULL if n < len(applies.stages.labels)]
+            thins, declared = bool(applies.blocks), applies.declared
+        chosen: dict[str, Any] = {}
+        if "cull" not in (fixed or {}):  # named stages fixed: n_cull would contradict them
+            chosen["n_cull"] = trial.suggest_categorical("deepreduce/n_cull", culls) if len(culls) > 1 else 0
+        if thins:
+            chosen["thin"] = trial.suggest_categorical("deepreduce/thin", [False, True])
         if "width" in declared:
             chosen["alpha"] = trial.suggest_categorical("deepreduce/alpha", SUGGESTED_ALPHA)
         if "stem_stride" in declared:

@@ -92,7 +92,7 @@ def run_study(
     if minutes_per_strategy is not None:  # a running trial uses a GPU's wall time, or each CPU it holds
         share = TimeShare(list(strategies), minutes_per_strategy * 60, 1.0 if resources.gpus else resources.cpus)
     searcher = StudySearcher(
-        define_space(strategies, cap, spec.dataset, spec.fixed_options, spec.model),
+        define_space(strategies, cap, spec.dataset, spec.fixed_options, spec.model, spec.model_options),
         objectives,
         make_sampler(sampler, seed + existing_trials(storage, study_name)),
         study_name,

@@ -73,16 +73,17 @@ class PinnedTrial:
 
 
 def _suggest(strategy: Strategy, trial: optuna.Trial, target: int, dataset: str, fixed: Mapping[str, Any],
-             model: str | None) -> dict[str, Any]:
+             model: str | None, model_options: Mapping[str, Any]) -> dict[str, Any]:
     """``strategy.suggest`` on a :class:`PinnedTrial`, told the dataset, the fixed options and the
-    study's model where its signature takes them (a plug-in need not)."""
+    study's model and its options where its signature takes them (a plug-in need not)."""
     accepted = inspect.signature(strategy.suggest).parameters
-    extra = {k: v for k, v in (("dataset", dataset), ("fixed", fixed), ("model", model)) if k in accepted}
+    given = (("dataset", dataset), ("fixed", fixed), ("model", model), ("model_options", model_options))
+    extra = {k: v for k, v in given if k in accepted}
     return strategy.suggest(PinnedTrial(trial, strategy.name, fixed), target, **extra)  # type: ignore[arg-type]
 
 
-def define_space(strategies: dict[str, Strategy], cap: int, dataset: str,
-                 fixed: Mapping[str, Mapping[str, Any]] | None = None, model: str | None = None) -> Callable[[optuna.Trial], dict[str, Any]]:
+def define_space(strategies: dict[str, Strategy], cap: int, dataset: str, fixed: Mapping[str, Mapping[str, Any]] | None = None,
+                 model: str | None = None, model_options: Mapping[str, Any] | None = None) -> Callable[[optuna.Trial], dict[str, Any]]:
     """Define-by-run space: the strategy (a categorical when there are several), a ReLU target for
     strategies that use one (``Strategy.uses_target``), then the strategy's own options, except those
     ``fixed`` (per strategy, from ``--set``), which are never sampled.
@@ -102,7 +103,7 @@ def define_space(strategies: dict[str, Strategy], cap: int, dataset: str,
         target = trial.suggest_int(TARGET_PARAM, max(1, cap // 100), cap, log=True) if strategies[name].uses_target else cap
         decided: dict[str, Any] = {"strategy": name, "options": {}, "number": trial.number, "target": target}
         try:
-            decided["options"] = _suggest(strategies[name], trial, target, dataset, fixed.get(name, {}), model)
+            decided["options"] = _suggest(strategies[name], trial, target, dataset, fixed.get(name, {}), model, model_options or {})
         except Exception as err:  # a strategy's bug: the trial reports it as its failure
             decided["error"] = f"{name}.suggest raised {type(err).__name__}: {err}"
         return {TRIAL_KEY: decided}
