@@ -43,22 +43,31 @@ def check_writable_file(path: str | os.PathLike[str], option: str) -> Path:
     return target
 
 
+PROBE_ATTEMPTS = 3  # two commands started together probe the same missing folder: one may see the other's
+
+
 def check_writable_dir(path: str | os.PathLike[str], option: str) -> Path:
     """``path`` as a Path, or a SearchError: the folder must exist or be creatable, and hold new files."""
     text = os.fspath(path)
     if not text:
         raise SearchError(f"{option} is empty: expected a folder")
     folder = Path(text)
-    try:
-        if folder.exists() and not folder.is_dir():
-            raise _os_error(errno.ENOTDIR, folder)
-        with _probe_folder(folder) as existing:
-            fd, tmp = tempfile.mkstemp(dir=existing, prefix=".write-test.", suffix=".tmp")
-            os.close(fd)
-            os.unlink(tmp)
-    except (OSError, ValueError) as err:
-        raise SearchError(f"cannot write {option} {text}: {_reason(err)}") from None
-    return folder
+    attempts = PROBE_ATTEMPTS
+    while True:
+        attempts -= 1
+        try:
+            if folder.exists() and not folder.is_dir():
+                raise _os_error(errno.ENOTDIR, folder)
+            with _probe_folder(folder) as existing:
+                fd, tmp = tempfile.mkstemp(dir=existing, prefix=".write-test.", suffix=".tmp")
+                os.close(fd)
+                os.unlink(tmp)
+            return folder
+        except (FileExistsError, FileNotFoundError) as err:  # another process made or removed a folder of the path meanwhile
+            if not attempts:
+                raise SearchError(f"cannot write {option} {text}: {_reason(err)}") from None
+        except (OSError, ValueError) as err:
+            raise SearchError(f"cannot write {option} {text}: {_reason(err)}") from None
 
 
 def cache_option(given: str | None) -> str:
@@ -79,7 +88,7 @@ def _probe_folder(folder: Path) -> Iterator[Path]:
     created: list[Path] = []
     try:
         for step in reversed(missing):
-            step.mkdir()
+            step.mkdir()  # made meanwhile by another process: FileExistsError, and the caller probes again
             created.append(step)
         yield folder
     finally:

@@ -105,6 +105,23 @@ def test_writable_dir(tmp_path: Path) -> None:
     assert listing(tmp_path) == ["plain.txt"]
 
 
+def test_writable_dir_made_meanwhile_by_another_command_is_no_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs started together probe the same missing run directory: the second to create it finds it made."""
+    real_mkdir = Path.mkdir
+    raced: list[Path] = []
+
+    def other_command_first(self: Path, *args, **kwargs) -> None:
+        if not raced:  # the other command creates it between this one's check and its mkdir
+            raced.append(self)
+            real_mkdir(self)
+            raise FileExistsError(17, "File exists", str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", other_command_first)
+    assert check_writable_dir(tmp_path / "run", "run directory") == tmp_path / "run"
+    assert raced == [tmp_path / "run"]
+
+
 # -- the CLIs refuse before training ----------------------------------------------------------------
 
 
