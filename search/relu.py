@@ -133,13 +133,16 @@ class ReLUSite(nn.Module):
 
     def active(self) -> int:
         """ReLU positions still active for one input."""
+        return int(self.active_on_device())
+
+    def active_on_device(self) -> int | torch.Tensor:
+        """:meth:`active`, as a tensor on the mask's device where a mask decides (no host sync)."""
         if self._mode == "on":
             return self.size
         if self._mode == "off":
             return 0
         assert self.mask is not None
-        kept = int((self.mask.detach() > self.count_threshold).sum())
-        return kept * (self.size // self.mask.numel())
+        return (self.mask.detach() > self.count_threshold).sum() * (self.size // self.mask.numel())
 
     def _require_shape(self) -> tuple[int, ...]:
         if self.shape is None:
@@ -228,8 +231,9 @@ def relu_count(model: nn.Module, input_shape: Sequence[int]) -> int:
 
 def active_relus(model: nn.Module) -> int:
     """:func:`relu_count` of a model whose sites already know their shapes (:func:`trace_shapes`),
-    without the tracing forward pass: cheap enough to watch a count every optimizer step."""
-    return sum(site.active() for site in sites(model))
+    without the tracing forward pass: cheap enough to watch a count every optimizer step (one host
+    sync for the whole model, not one per site: on CUDA each sync waits for the queued kernels)."""
+    return int(sum(site.active_on_device() for site in sites(model)))
 
 
 def stage_totals(rows: Sequence[SiteCount]) -> dict[str, tuple[int, int]]:

@@ -9,7 +9,7 @@ from torch import nn
 
 from search.checkpoint import load_model, save_model
 from search.errors import SearchError
-from search.relu import ReLUSite, linearizable, relu_count, relu_table, sites, trace_shapes
+from search.relu import ReLUSite, active_relus, linearizable, relu_count, relu_table, sites, trace_shapes
 from search.spaces import build_model
 
 
@@ -151,6 +151,22 @@ def test_soft_mask_counts_above_threshold_and_binarizes() -> None:
     site.binarize()
     assert site.mode == "masked" and site.mask.dtype == torch.bool and not isinstance(site.mask, nn.Parameter)
     assert site.active() == 4
+
+
+def test_active_relus_is_the_count_for_every_kind_of_mask() -> None:
+    """The per-step count (one host sync for the model) equals relu_count's, site kinds mixed."""
+    model = build_model("resnet18", input_size=(3, 32, 32), width=0.125)
+    trace_shapes(model, (3, 32, 32))
+    first, second, third, fourth, *_ = sites(model)
+    generator = torch.Generator().manual_seed(0)
+    first.switch_off()
+    second.set_mask(torch.rand(second.mask_shape("pixel"), generator=generator) > 0.7)
+    third.set_mask(torch.rand(third.mask_shape("channel"), generator=generator) > 0.5)
+    fourth.set_mask(torch.rand(fourth.mask_shape("pixel"), generator=generator), trainable=True)
+    fourth.count_threshold = 0.4
+    expected = relu_count(model, (3, 32, 32))
+    assert active_relus(model) == expected and isinstance(active_relus(model), int)
+    assert expected == sum(site.active() for site in sites(model)) < relu_count(build_model("resnet18", input_size=(3, 32, 32), width=0.125), (3, 32, 32))
 
 
 def test_soft_mask_gradient_matches_the_released_formula() -> None:
