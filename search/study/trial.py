@@ -210,7 +210,8 @@ def _result_fields(result: Result, spec: TrialSpec, data: Dataset, number: int, 
 def _measured_fields(saved: Path, spec: TrialSpec, log: Callable[[str], None]) -> dict[str, Any]:
     """The model's secure inference under SPU's Cheetah, as trial fields (steady state of MEASURED_IMAGES)."""
     started = time.perf_counter()
-    m = measure_checkpoint(str(saved), MEASURED_IMAGES, "cheetah", spec.dataset, spec.data_dir)
+    log(f"measuring under SPU cheetah on {MEASURED_IMAGES} test images")
+    m = measure_checkpoint(str(saved), MEASURED_IMAGES, "cheetah", spec.dataset, spec.data_dir, progress=log)
     steady = m.steady
     log(f"measured under SPU cheetah in {time.perf_counter() - started:.1f} s: {steady.total_bytes / 1e6:,.3f} MB per "
         f"inference ({steady.bytes_by_kind['relu'] / 1e6:,.3f} MB in ReLUs), {steady.seconds:.2f} s; predictions "
