@@ -34,16 +34,10 @@ def check_writable_file(path: str | os.PathLike[str], option: str) -> Path:
             raise _os_error(errno.EISDIR, target)
         if target.exists() and not target.is_file():  # the save renames over it: never over a device or a pipe
             raise OSError(errno.EEXIST, "exists and is not a regular file", text)
-        with _probe_folder(target.parent) as folder:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-            os.close(fd)
-            os.unlink(tmp)
+        _probe(target.parent, f".{target.name}.")
     except (OSError, ValueError) as err:
         raise SearchError(f"cannot write {option} {text}: {_reason(err)}") from None
     return target
-
-
-PROBE_ATTEMPTS = 3  # two commands started together probe the same missing folder: one may see the other's
 
 
 def check_writable_dir(path: str | os.PathLike[str], option: str) -> Path:
@@ -52,22 +46,31 @@ def check_writable_dir(path: str | os.PathLike[str], option: str) -> Path:
     if not text:
         raise SearchError(f"{option} is empty: expected a folder")
     folder = Path(text)
-    attempts = PROBE_ATTEMPTS
-    while True:
-        attempts -= 1
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise _os_error(errno.ENOTDIR, folder)
+        _probe(folder, ".write-test.")
+    except (OSError, ValueError) as err:
+        raise SearchError(f"cannot write {option} {text}: {_reason(err)}") from None
+    return folder
+
+
+PROBE_ATTEMPTS = 3  # two commands started together probe the same missing folder: one may see the other's
+
+
+def _probe(folder: Path, prefix: str) -> None:
+    """Create and remove a temporary file in ``folder`` (made for the probe where missing). Where another
+    process makes or removes a folder of the path meanwhile (two runs started together), probe again."""
+    for attempts_left in reversed(range(PROBE_ATTEMPTS)):
         try:
-            if folder.exists() and not folder.is_dir():
-                raise _os_error(errno.ENOTDIR, folder)
             with _probe_folder(folder) as existing:
-                fd, tmp = tempfile.mkstemp(dir=existing, prefix=".write-test.", suffix=".tmp")
+                fd, tmp = tempfile.mkstemp(dir=existing, prefix=prefix, suffix=".tmp")
                 os.close(fd)
                 os.unlink(tmp)
-            return folder
-        except (FileExistsError, FileNotFoundError) as err:  # another process made or removed a folder of the path meanwhile
-            if not attempts:
-                raise SearchError(f"cannot write {option} {text}: {_reason(err)}") from None
-        except (OSError, ValueError) as err:
-            raise SearchError(f"cannot write {option} {text}: {_reason(err)}") from None
+            return
+        except (FileExistsError, FileNotFoundError):
+            if not attempts_left:
+                raise
 
 
 def cache_option(given: str | None) -> str:

@@ -105,8 +105,10 @@ def test_writable_dir(tmp_path: Path) -> None:
     assert listing(tmp_path) == ["plain.txt"]
 
 
-def test_writable_dir_made_meanwhile_by_another_command_is_no_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two runs started together probe the same missing run directory: the second to create it finds it made."""
+@pytest.mark.parametrize("check, target", [(check_writable_dir, "run"), (check_writable_file, "run/model.pt")])
+def test_a_folder_made_meanwhile_by_another_command_is_no_error(check, target: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two commands started together probe the same missing folder: the second to create it finds it made."""
     real_mkdir = Path.mkdir
     raced: list[Path] = []
 
@@ -118,7 +120,7 @@ def test_writable_dir_made_meanwhile_by_another_command_is_no_error(tmp_path: Pa
         real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", other_command_first)
-    assert check_writable_dir(tmp_path / "run", "run directory") == tmp_path / "run"
+    assert check(tmp_path / target, "--out") == tmp_path / target
     assert raced == [tmp_path / "run"]
 
 
