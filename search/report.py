@@ -10,7 +10,6 @@ previous report untouched. ``search.run`` calls :func:`write_report` at the end 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,6 +21,8 @@ from typing import Any
 
 from search.cli import ArgumentParser, run_main
 from search.errors import SearchError
+from search.pi.arguments import image_count
+from search.pi.runner import PROTOCOLS
 from search.reporting.load import load_published, load_runs
 from search.reporting.model import Report, build_report
 
@@ -124,17 +125,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--measure-pi", action="store_true",
                         help="run each Pareto-optimal trial's saved model under SPU (python -m search.pi; needs "
                         "pip install -e '.[pi]') and add the measured communication and time, and pi.png")
-    parser.add_argument("--pi-images", type=_positive, default=MeasurePI.images, metavar="N",
+    parser.add_argument("--pi-images", type=image_count, default=MeasurePI.images, metavar="N",
                         help="test images per measured model (default 4: the first carries the protocol's setup, the "
                         "median of the others is the steady state)")
-    parser.add_argument("--pi-protocol", choices=("cheetah", "semi2k"), default="cheetah", help="SPU protocol (default cheetah)")
+    parser.add_argument("--pi-protocol", choices=PROTOCOLS, default=MeasurePI.protocol, help="SPU protocol (default cheetah)")
     return parser
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,6 @@ The first inference carries the protocol's one-time setup; the steady state is t
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -17,22 +16,13 @@ from pathlib import Path
 from search.cli import ArgumentParser, run_main
 from search.errors import SearchError
 from search.objectives import COST_PRESETS
+from search.pi.arguments import image_count
 from search.pi.graph import KINDS
-from search.pi.measure import INSTALL_HINT, MAX_IMAGES, Measurement, measure_checkpoint
+from search.pi.measure import INSTALL_HINT, Measurement, measure_checkpoint
 from search.pi.runner import PROTOCOLS
 
 # the per-ReLU cost models a protocol's measurement is shown beside
 ESTIMATES = {"cheetah": ("cheetah", "cheetah-paper"), "semi2k": ()}
-
-
-def _images(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_IMAGES:
-        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_IMAGES:,}, got {text!r}")
-    return value
 
 
 def _mb(n: float) -> str:
@@ -77,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="a saved model: search.linearize --out, or a study's trials/<n>/model.pt")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="cheetah",
                         help="SPU's two-party protocol: cheetah (OT and HE) or semi2k (trusted-dealer Beaver triples)")
-    parser.add_argument("--images", type=_images, default=4,
+    parser.add_argument("--images", type=image_count, default=4,
                         help="test images to run, one at a time (default 4: the first carries the setup, the median "
                         "of the others is the steady state)")
     parser.add_argument("--dataset", help="the dataset whose test images to use (default: the checkpoint's)")

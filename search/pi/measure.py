@@ -24,12 +24,12 @@ import torch
 from search.checkpoint import load_model
 from search.data import Loader, load_dataset
 from search.errors import SearchError
+from search.pi.arguments import MAX_IMAGES
 from search.pi.export import export_model
 from search.pi.graph import KINDS, save_graph
 from search.pi.runner import PROTOCOLS
 
 INSTALL_HINT = "pip install -e '.[pi]'"
-MAX_IMAGES = 10_000
 
 
 @dataclass
