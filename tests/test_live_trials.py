@@ -19,11 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
 from search import progress
 from search.errors import SearchError
+from search.objectives import cost_model, objectives
 from search.pipeline import Job, execute, prepare
 from search.run import parse_args
 from search.strategies import TargetOutOfReach
@@ -31,7 +33,9 @@ from search.strategies.snl import out_of_reach, travel_epochs
 from search.study.halving import MARGIN, Rungs, RungValue, rung_of
 from search.study import trainable
 from search.study.display import describe
+from search.study.searcher import StudySearcher
 from search.study.storage import finished
+from search.study.trial import TRIAL_KEY
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import RUNNING_LINE, load, run, study_env
 
@@ -193,3 +197,20 @@ def test_unreachable_snl_target_is_pruned_in_a_study(tmp_path: Path, cache: list
 def test_bad_values_for_the_new_options(argv: list[str]) -> None:
     with pytest.raises(SearchError):
         parse_args(["--strategy", "snl", *argv])
+
+
+def test_a_running_trials_curve_is_stored_after_its_report_and_before_it_is_recorded(tmp_path: Path) -> None:
+    """Tune lets a trial go on only once the searcher's ``on_trial_result`` returns: the curve's storage
+    writes wait for ``store_curves`` (the end of Tune's step), yet land before the trial is recorded."""
+    storage = optuna.storages.InMemoryStorage()
+    searcher = StudySearcher(lambda trial: {TRIAL_KEY: {"number": trial.number}}, objectives([], cost_model("delphi")),
+                             optuna.samplers.RandomSampler(0), "s", storage, tmp_path, None, lambda stored: None)
+    searcher.suggest("t0")
+    searcher.on_trial_result("t0", {"status": "running", "curve": "[[1, 0.5], [2, 0.6]]"})
+    assert searcher.study.trials[0].intermediate_values == {}, "not written while the trial waits"
+    searcher.store_curves()
+    assert searcher.study.trials[0].intermediate_values == {1: 0.5, 2: 0.6}
+    searcher.on_trial_result("t0", {"status": "running", "curve": "[[3, 0.7]]"})
+    searcher.on_trial_complete("t0", None, error=True)  # its worker died: recorded FAILED, its curve kept
+    trial = searcher.study.trials[0]
+    assert trial.state == TrialState.FAIL and trial.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}

@@ -132,11 +132,12 @@ def run_study(
                 verbose=1 if execution.verbose else 0,
                 failure_config=tune.FailureConfig(max_failures=execution.retries),
                 stop=_stopper(lambda: bool(searcher.fault) or interrupted.is_set()),
-                callbacks=[progress_callback(on_progress)] if on_progress else None,
+                callbacks=[curve_writer(searcher), *([progress_callback(on_progress)] if on_progress else [])],
             ),
         )
         with _first_ctrl_c_stops(interrupted, log):
             tuner.fit()
+        searcher.store_curves()
     try:
         settle_running(study, run_dir, names, spec.budget)
     except STORAGE_ERRORS as err:
@@ -164,6 +165,22 @@ def progress_callback(on_progress: Callable[[int, str, dict[str, Any]], None]) -
             return (Callback, ())
 
     return Progress()
+
+
+def curve_writer(searcher: StudySearcher) -> Any:
+    """A Tune callback storing the learning-curve points the trials reported in each step of Tune's
+    loop, at the step's end: after Tune has let the reporting trials go on (see
+    :meth:`~search.study.searcher.StudySearcher.on_trial_result`)."""
+    from ray.tune import Callback
+
+    class CurveWriter(Callback):
+        def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+            searcher.store_curves()
+
+        def __reduce__(self) -> tuple[Any, ...]:  # Tune pickles its run config; the searcher lives in this process
+            return (Callback, ())
+
+    return CurveWriter()
 
 
 def _stopper(should_stop: Callable[[], bool]) -> Any:

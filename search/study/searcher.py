@@ -13,6 +13,8 @@ a trial which Optuna trial it is. This subclass (checked against Ray 2.60's sour
   trial Tune stopped after it saved its result (``trials/<n>/result.json``) is recorded from that;
 - on a storage fault (read-only, disk full, server gone) records nothing more, asks for no more
   trials and sets :attr:`StudySearcher.fault`, which stops the study (:mod:`search.study.engine`);
+- stores a running trial's learning curve (Optuna intermediate values) once Tune has let the trial go
+  on, so the storage writes are not part of the trial's wait for the driver;
 - calls ``on_recorded`` with the stored trial only after storage has it, so a progress line never
   runs ahead of the storage;
 - under a :class:`~search.study.timeshare.TimeShare`, fixes each new trial's strategy to the one that has
@@ -144,6 +146,7 @@ class StudySearcher(OptunaSearch):
         self._budget = budget
         self.fault = ""  # set when the storage or the run directory cannot be written: the study stops
         self.pruned: dict[str, str] = {}  # Tune trial id -> why the rung rule stopped it
+        self._unstored: dict[str, list[str]] = {}  # Tune trial id -> curves reported, not stored yet (store_curves)
         self._on_recorded = on_recorded
         self._share = share
         self._log = log
@@ -185,14 +188,26 @@ class StudySearcher(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Progress of a running trial: the validation accuracies of the epochs it carries become the
-        trial's intermediate values (its learning curve); the rung rule may stop the trial."""
-        trial = self._ot_trials.get(trial_id)
-        if trial is None or self.fault or result.get("status") != "running" or trial_id in self._completed_trials:
+        trial's intermediate values (its learning curve) at the next :meth:`store_curves`. Not here:
+        Tune lets the trial go on only after this returns, and a storage write per epoch (a few ms
+        each in SQLite) would hold a trial waiting at a rung for most of its round trip."""
+        if trial_id not in self._ot_trials or self.fault or result.get("status") != "running" or trial_id in self._completed_trials:
             return
-        try:
-            store_curve(self._ot_study, trial._trial_id, result.get("curve"))
-        except STORAGE_ERRORS as err:
-            self._storage_fault(err)
+        self._unstored.setdefault(trial_id, []).append(result.get("curve") or "[]")
+
+    def store_curves(self, trial_ids: Sequence[str] | None = None) -> None:
+        """Store the learning-curve points reported since the last call (of ``trial_ids``, or of every
+        trial): called once Tune has let the reporting trials go on (:func:`search.study.engine.curve_writer`)
+        and before a trial is recorded, since a finished trial takes no more intermediate values."""
+        for trial_id in list(self._unstored) if trial_ids is None else trial_ids:
+            curves = self._unstored.pop(trial_id, [])
+            if self.fault:
+                continue
+            try:
+                for curve in curves:
+                    store_curve(self._ot_study, self._ot_trials[trial_id]._trial_id, curve)
+            except STORAGE_ERRORS as err:
+                self._storage_fault(err)
 
     def _prune_at_rung(self, trial_id: str, result: dict[str, Any]) -> dict[str, Any]:
         """A trial the rung rule stopped: Tune hands its rung report here, not to :meth:`on_trial_result`
@@ -202,6 +217,7 @@ class StudySearcher(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials or self.fault:
             return
+        self.store_curves([trial_id])
         if self._share is not None:
             self._share.finished(trial_id)
         trial = self._ot_trials[trial_id]
