@@ -30,9 +30,9 @@ from search.pipeline import Job, execute, prepare
 from search.run import parse_args
 from search.strategies import TargetOutOfReach
 from search.strategies.snl import out_of_reach, travel_epochs
-from search.study.halving import MARGIN, Rungs, RungValue, rung_of
 from search.study import trainable
 from search.study.display import describe
+from search.study.halving import MARGIN, Rungs, RungValue, rung_of
 from search.study.searcher import StudySearcher
 from search.study.storage import finished
 from search.study.trial import TRIAL_KEY
@@ -110,7 +110,7 @@ def test_no_early_stop_runs_every_trial_to_its_end_and_quiet_keeps_only_finished
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, "trial 1 is dominated, yet runs"
     assert not [t for t in trials if t.user_attrs.get("default_recipe")], "--no-default-first: the sampler alone"
     assert not [line for line in done.stdout.splitlines() if RUNNING_LINE.match(line)], "-q: no progress lines"
-    assert re.search(rf"^trial +1 {re.escape(CURVE)} .* accuracy=0\.5 ", done.stdout, re.M)
+    assert re.search(rf"^trial +1 {re.escape(CURVE)} .* accuracy=0\.5 ", done.stdout, re.MULTILINE)
 
 
 def test_rung_rule() -> None:
