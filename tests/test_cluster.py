@@ -7,7 +7,9 @@ stopped by ``tests/helpers.py``; the tests of this file share one such cluster.
 
 from __future__ import annotations
 
+import gc
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from search.study import cluster as ray_cluster
 from search.study import rundir
 from search.study.searcher import CRASHED
 from tests.conftest import PROJECT_ROOT
@@ -142,3 +145,27 @@ def test_worker_node_killed_mid_trial(cluster: Cluster, tmp_path: Path, cache: l
     new = [t for t in trials if t.number >= 2]
     assert len(new) == 2 and all(t.state == TrialState.COMPLETE for t in new), [t.user_attrs for t in new]
     assert {t.user_attrs["node_ip"] for t in new} == {HEAD_IP}, "the worker's trial was rerun on the head"
+
+
+def test_nothing_is_collected_while_ray_stops_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray handle freed by the collector while Ray's core worker shuts down ends the process: while a
+    background disconnect runs (the study's summary and report are written meanwhile), the garbage of
+    before it is not collected; once it is over, it is."""
+    shutting_down, freed = threading.Event(), threading.Event()
+    monkeypatch.setattr(ray_cluster, "_shut_down", lambda: shutting_down.wait(30))
+
+    class InACycle:  # stands for a Ray handle that Tune's objects left in a reference cycle
+        def __init__(self) -> None:
+            self.cycle = self
+
+        def __del__(self) -> None:
+            freed.set()
+
+    InACycle()
+    ray_cluster.disconnect(background=True)
+    gc.collect()
+    assert not freed.is_set(), "collected while Ray was stopping"
+    shutting_down.set()
+    ray_cluster.wait_disconnected()
+    gc.collect()
+    assert freed.is_set()

@@ -11,6 +11,7 @@ environment, ``py_modules``), so other nodes import them without having them ins
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import os
@@ -141,6 +142,10 @@ def disconnect(background: bool = False) -> None:
     global _stopping
     wait_disconnected()
     if background:
+        # Ray's handles guard against a stopped Ray, but not against one stopping: a handle freed by
+        # the collector while Ray's core worker shuts down ends the process ("The core worker has
+        # already been shutdown"). Nothing that exists now is collected until the shutdown is over.
+        gc.freeze()
         _stopping = threading.Thread(target=_shut_down, name="ray-shutdown")
         _stopping.start()
     else:
@@ -153,6 +158,7 @@ def wait_disconnected() -> None:
     if _stopping is not None:
         _stopping.join()
         _stopping = None
+        gc.unfreeze()
 
 
 def _shut_down() -> None:
