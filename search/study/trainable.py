@@ -43,7 +43,7 @@ REPORT_EVERY_S = 5.0  # a running trial's progress reaches the driver at most th
 
 class ProgressRelay:
     """Hands a running trial's finished epochs on: log lines at once (to ``append_log``, not awaited),
-    and ``report`` (a Ray Tune report, which waits for a round trip to the driver: 10-40 ms here)
+    and ``report`` (a Ray Tune report, which waits for a round trip to the driver: 3-15 ms here)
     at every rung of the early-stopping rule, where the driver must decide before the trial goes on,
     and otherwise at most every ``REPORT_EVERY_S`` seconds. Each report carries the learning-curve
     points since the previous one (``curve``: JSON [[step, val_acc], ...]), so every epoch still
