@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import os
 import platform
@@ -292,6 +291,11 @@ def _stem_note(settings: rundir.RunSettings) -> str:
     return f"{'with' if settings.stem_relu else 'without'} the stem ReLU"
 
 
+def _show_options(options: dict[str, Any]) -> str:
+    """A trial's options as its progress line shows them, rounded (``trials.csv`` keeps every digit)."""
+    return ", ".join(f"{key}={_short(value)}" for key, value in sorted(options.items())) or "-"
+
+
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
@@ -305,7 +309,7 @@ def pareto_table(front: list[FrozenTrial], chosen: Sequence[Objective]) -> str:
     headers = ["trial", "strategy", *(f"{o.name} ({o.unit})" for o in chosen), "test_acc", "options"]
     rows = [
         [str(t.number), str(t.user_attrs.get("strategy", "?")), *(_short(v) for v in t.values),
-         _short(t.user_attrs.get("test_acc")), json.dumps(t.user_attrs.get("options", {}), sort_keys=True)]
+         _short(t.user_attrs.get("test_acc")), _show_options(t.user_attrs.get("options", {}))]
         for t in front
     ]
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]

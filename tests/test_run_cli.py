@@ -153,3 +153,15 @@ def test_progress_line_shows_the_options_the_trial_ran_with() -> None:
     )
     line = describe_trial(trial, ["accuracy", "relus"])
     assert "lr=0.01," in line and "lam=0.002" in line and "0.0003" not in line
+
+
+def test_pareto_table_rounds_options_as_the_progress_lines_do() -> None:
+    from optuna.trial import TrialState, create_trial
+
+    from search.objectives import cost_model, objectives
+    from search.run import pareto_table
+
+    trial = create_trial(state=TrialState.COMPLETE, values=[0.9585, 60.0], user_attrs={
+        "strategy": "snl", "test_acc": 0.9749, "options": {"lam": 0.013449326615130807, "granularity": "channel"}})
+    row = pareto_table([trial], objectives([], cost_model("delphi"))).splitlines()[1]
+    assert row.endswith("granularity=channel, lam=0.01345"), row
