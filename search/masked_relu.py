@@ -26,7 +26,6 @@ import functools
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +39,6 @@ _relu_backward = torch.ops.aten.threshold_backward
 _SOURCE = Path(__file__).with_name("csrc") / "soft_mask.cpp"
 _EXTENSION = "search_soft_mask"
 DISABLE_ENV = "SEARCH_NO_FUSED_KERNEL"  # set to 1 to use the ATen backward everywhere
-_BUILD_LOCK = threading.Lock()  # a second thread asking while the first builds waits, then loads the build
 
 FusedBackward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
 
@@ -50,11 +48,6 @@ def fused_backward() -> FusedBackward | None:
     """The compiled CPU backward, or None (disabled, or it cannot be built: said once on stderr)."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return None
-    with _BUILD_LOCK:
-        return _build()
-
-
-def _build() -> FusedBackward | None:
     chatter = logging.getLogger("torch.utils.cpp_extension")
     level = chatter.level
     chatter.setLevel(logging.ERROR)  # its import warns "No CUDA runtime is found": noise for a CPU kernel

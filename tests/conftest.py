@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,26 +9,8 @@ from unittest import mock
 
 import pytest
 
-from search.masked_relu import fused_backward
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CIFAR_DIR = PROJECT_ROOT.parent / "shared" / "data" / "cifar10"
-
-
-_KERNEL_BUILD = threading.Thread(target=fused_backward, name="build-soft-mask-kernel", daemon=True)
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Build the fused soft-mask kernel (about 40 s of compiling on a fresh machine) in a thread while
-    the first tests run, rather than inside whichever test needs it first; a test (or a test's
-    subprocess) asking before it is built waits for the build."""
-    _KERNEL_BUILD.start()
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """A short session waits for the build: stopped halfway, it would leave torch's build lock behind,
-    and every later build would wait on it."""
-    _KERNEL_BUILD.join()
 
 
 @pytest.fixture(scope="session")
