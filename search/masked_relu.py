@@ -9,7 +9,8 @@ The backward has two implementations:
 - on CPU, a fused C++ kernel (``search/csrc/soft_mask.cpp``) reads ``grad`` and ``x`` once, writes the
   input gradient and sums the mask gradient over the batch in the same pass, like ReLU's own
   backward. It is compiled with ``torch.utils.cpp_extension`` on first use (once per machine, about
-  half a minute, cached in ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``);
+  a minute, cached in ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``; a study on a local
+  Ray builds it before its trials start, :func:`prepare_fused_backward`);
 - elsewhere (CUDA), or where it cannot be compiled (no C++ compiler), four vectorised ATen passes:
   ReLU's own backward, a subtraction, an addcmul, and a product whose batch sum is a matrix-vector
   product (``sum(0)`` over the batch is a slow strided reduction on CPU).
@@ -26,12 +27,15 @@ import functools
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from search import progress
 from search.layout import is_channels_last
 
 _prelu = torch.ops.aten._prelu_kernel
@@ -48,6 +52,7 @@ def fused_backward() -> FusedBackward | None:
     """The compiled CPU backward, or None (disabled, or it cannot be built: said once on stderr)."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return None
+    started = time.perf_counter()
     chatter = logging.getLogger("torch.utils.cpp_extension")
     level = chatter.level
     chatter.setLevel(logging.ERROR)  # its import warns "No CUDA runtime is found": noise for a CPU kernel
@@ -64,7 +69,37 @@ def fused_backward() -> FusedBackward | None:
         return None
     finally:
         chatter.setLevel(level)
+    seconds = time.perf_counter() - started
+    if seconds > BUILT_AFTER_S:  # compiled now, in the epoch that first needed it: not a cost of every epoch
+        progress.one_off(seconds)
     return module.soft_mask_backward
+
+
+BUILT_AFTER_S = 2.0  # loading a built kernel takes about 0.1 s; longer means it was compiled
+
+
+def prepare_fused_backward(say: Callable[[str], None], patience_s: float = BUILT_AFTER_S,
+                           load: Callable[[], object] = fused_backward) -> None:
+    """Load (or first build) the fused kernel now, in this process, saying so through ``say`` when
+    that takes longer than ``patience_s``: a study calls it before its trials start, so the minute of
+    a first build is announced once instead of stalling every trial's first epoch in silence.
+    Trials on this machine then load the built kernel from the extension cache."""
+    started, announced = time.perf_counter(), threading.Event()
+
+    def announce() -> None:
+        announced.set()
+        say("building the fused soft-mask kernel that SNL's mask training uses (once per machine, about a minute)")
+
+    timer = threading.Timer(patience_s, announce)
+    timer.daemon = True
+    timer.start()
+    try:
+        load()
+    finally:
+        timer.cancel()
+        timer.join()  # an announcement under way ends before the outcome is said
+    if announced.is_set():
+        say(f"fused soft-mask kernel ready after {time.perf_counter() - started:.0f} s")
 
 
 def _in_order_of(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,7 @@ class _Listening:
     relus: int | None = None
     step: int = 0
     phase_seconds: float = 0.0  # the current phase's epochs so far
+    one_off: float = 0.0  # seconds of the running epoch that no other epoch repeats (see one_off)
 
 
 _current: ContextVar[_Listening | None] = ContextVar("search_progress", default=None)
@@ -76,12 +77,21 @@ def note_relus(count: int) -> None:
         state.relus = int(count)
 
 
+def one_off(seconds: float) -> None:
+    """``seconds`` of the running epoch were a one-off (e.g. building a kernel on first use): the
+    ETA leaves them out, or a minute's build in a 2 s epoch would promise hours."""
+    state = _current.get()
+    if state is not None:
+        state.one_off += seconds
+
+
 def epoch_done(label: str, epoch: int, epochs: int, val_acc: float, seconds: float, open_ended: bool = False) -> None:
     """Announce that ``epoch`` of ``epochs`` of the ``fit`` labelled ``label`` has finished, after
     ``seconds``; ``open_ended``: the phase may stop before ``epochs``."""
     state = _current.get()
     if state is None:
         return
+    seconds, state.one_off = max(seconds - state.one_off, 0.0), 0.0
     state.phase_seconds = seconds if epoch == 1 else state.phase_seconds + seconds
     state.step += 1
     eta = state.phase_seconds / epoch * max(epochs - epoch, 0)

@@ -32,6 +32,7 @@ from search.data import Dataset, dataset_info, load_dataset
 from search.dryrun import describe_data, teacher_file, teacher_status
 from search.errors import RunInterrupted, SearchError
 from search.estimate import Estimator, duration, recipe_line, report, strategy_phases, teacher_phase
+from search.masked_relu import prepare_fused_backward
 from search.nonlinear import warn_nonlinear
 from search.objectives import COST_PRESETS, MEASURED_COMMUNICATION, Objective, cost_model, objectives
 from search.options import show_options
@@ -460,6 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         finished = False
         try:
             resources = cluster.fit_resources(args.cpus_per_trial, args.gpus_per_trial, lambda m: print(m, file=sys.stderr))
+            if started and not resources.gpus and any(s.uses_soft_masks for s in plan.strategies.values()):
+                prepare_fused_backward(lambda line: print(line, flush=True))  # trials on this machine find it built
             if plan.new:  # run.json only once its study exists: from here on the directory can be resumed
                 create_study(settings.storage, settings.study_name, settings.directions, settings.objectives)
                 rundir.write_settings(run_dir, settings)

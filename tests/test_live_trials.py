@@ -23,7 +23,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import progress
+from search import masked_relu, progress
 from search.errors import SearchError
 from search.objectives import cost_model, objectives
 from search.pipeline import Job, execute, prepare
@@ -181,6 +181,39 @@ def test_a_phase_that_may_end_early_shows_its_epochs_and_eta_as_bounds(tmp_path:
     shown = describe(3, "snl", dataclasses.asdict(mask[0]))
     assert f"mask 1/≤{mask[0].epochs} " in shown and " eta ≤" in shown, shown
     assert "eta ≤" not in describe(3, "snl", dataclasses.asdict(finetune[0]))
+
+
+def test_a_one_off_cost_such_as_a_kernel_build_is_left_out_of_the_eta() -> None:
+    events: list[progress.Progress] = []
+    with progress.listening(events.append):
+        progress.one_off(60.0)  # a kernel built during the first epoch
+        progress.epoch_done("snl-mask", 1, 40, 0.5, 62.0)
+        progress.epoch_done("snl-mask", 2, 40, 0.6, 2.0)
+    assert [e.eta_s for e in events] == [2.0 * 39, 2.0 * 38]
+    assert events[0].elapsed_s < 1.0, "elapsed time stays the wall time"
+
+
+def test_a_kernel_load_that_took_long_is_recorded_as_a_one_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[progress.Progress] = []
+    monkeypatch.setattr(masked_relu, "BUILT_AFTER_S", 0.0)  # the real (cached) load then counts as a build
+    masked_relu.fused_backward.cache_clear()
+    try:
+        with progress.listening(events.append):
+            assert masked_relu.fused_backward() is not None
+            progress.epoch_done("snl-mask", 1, 3, 0.5, 1000.0)
+    finally:
+        masked_relu.fused_backward.cache_clear()
+    assert 0 < events[0].eta_s < 1000.0 * 2, events[0].eta_s  # the load's seconds are out of the epoch's
+
+
+def test_a_slow_kernel_build_before_the_trials_is_announced_and_a_quick_load_is_not() -> None:
+    said: list[str] = []
+    masked_relu.prepare_fused_backward(said.append, patience_s=0.05, load=lambda: time.sleep(0.5))
+    assert len(said) == 2 and said[0].startswith("building the fused soft-mask kernel"), said
+    assert re.fullmatch(r"fused soft-mask kernel ready after \d+ s", said[1]), said
+    said.clear()
+    masked_relu.prepare_fused_backward(said.append, patience_s=5.0, load=lambda: None)
+    assert said == []
 
 
 def test_unreachable_snl_target_is_pruned_in_a_study(tmp_path: Path, cache: list[str]) -> None:

@@ -121,6 +121,7 @@ class Strategy(ABC):
     trains_to_budget: ClassVar[bool] = False
     uses_target: ClassVar[bool] = False  # its suggest() sizes the trial to the study's sampled ``relu_target``
     shares_path: ClassVar[bool] = False  # run_budgets serves several budgets from one run (a study trial keeps its path)
+    uses_soft_masks: ClassVar[bool] = False  # trains search.masked_relu's soft masks (a study readies their CPU kernel first)
 
     def default_params(self, dataset: str, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The documented default recipe, given the ``fixed`` options (typed, from ``--set``), as study

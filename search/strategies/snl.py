@@ -334,6 +334,7 @@ class SNL(Strategy):
     trains_to_budget = True
     shares_path = True
     uses_target = True
+    uses_soft_masks = True
     summary = (
         "Selective Network Linearization (Cho et al. 2022): learn per-pixel or per-channel ReLU masks with "
         "a Lasso penalty (lambda grown by kappa on epochs without a new low) until the count is within the "
