@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import SearchError
@@ -60,11 +61,12 @@ def _wait_for_line(driver: subprocess.Popen[str], prefix: str, deadline: float) 
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, cache: list[str]) -> tuple[Path, dict[int, tuple[object, ...]], int]:
+def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, cache: list[str]) -> tuple[Path, dict[int, tuple[object, ...]], int, str]:
     """A 4-trial study whose driver is SIGKILLed three times at seeded random points (1 to 7 s after
     it announced its run directory, i.e. during Ray's start, Tune's start or a trial), each kill
-    followed by ``--resume``, the last one left to finish. Returns the run directory, every trial
-    seen finished after some kill (number -> record), and how many kills left a trial RUNNING."""
+    followed by ``--resume``, the last one left to finish (asking for half a GPU per trial, which a
+    CPU-only Ray must drop, saying so). Returns the run directory, every trial seen finished after
+    some kill (number -> record), how many kills left a trial RUNNING, and the last resume's stderr."""
     run_dir = tmp_path_factory.mktemp("kills") / "run"
     first = ["--strategy", QUICK, "--trials", "4", "--run-dir", str(run_dir), "--teacher-epochs", "2", "--concurrency", "2", *cache]
     resume = ["--resume", "--run-dir", str(run_dir), *cache]
@@ -86,13 +88,13 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, cache: list[str
         assert not lost, f"after kill {kill + 1}, finished trials changed or vanished: {lost}"
         kept.update(now)
         mid_trial += any(t.state == TrialState.RUNNING for t in trials)
-    done = run(resume)
+    done = run([*resume, "--gpus-per-trial", "0.5"])
     assert done.returncode == 0, done.stderr[-3000:]
-    return run_dir, kept, mid_trial
+    return run_dir, kept, mid_trial, done.stderr
 
 
-def test_driver_killed_three_times_then_resumed(killed_and_resumed: tuple[Path, dict[int, tuple[object, ...]], int]) -> None:
-    run_dir, kept, mid_trial = killed_and_resumed
+def test_driver_killed_three_times_then_resumed(killed_and_resumed: tuple[Path, dict[int, tuple[object, ...]], int, str]) -> None:
+    run_dir, kept, mid_trial, last_stderr = killed_and_resumed
     settings, study = load(run_dir)
     trials = study.get_trials()
     assert mid_trial >= 1, "at least one kill landed while a trial was running"
@@ -105,6 +107,8 @@ def test_driver_killed_three_times_then_resumed(killed_and_resumed: tuple[Path, 
     for trial in interrupted:  # each interrupted trial was rerun with its parameters
         assert reruns[trial.number].params == trial.params
     assert all(t.state == TrialState.COMPLETE for t in trials if finished(t)), "Quick trials never fail on their own"
+    if not torch.cuda.is_available():  # a GPU request on a CPU-only Ray would wait forever: dropped, said
+        assert "warning: the Ray cluster has no GPU; ignoring --gpus-per-trial 0.5" in last_stderr
 
 
 def test_time_and_memory_limits_stop_trials_and_the_study_goes_on(tmp_path: Path, cache: list[str]) -> None:
@@ -157,7 +161,7 @@ def _one_error(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_corrupt_inputs_are_one_error_line_and_touch_no_result(
-    killed_and_resumed: tuple[Path, dict[int, tuple[object, ...]], int], tmp_path: Path, cifar_dir: Path,
+    killed_and_resumed: tuple[Path, dict[int, tuple[object, ...]], int, str], tmp_path: Path, cifar_dir: Path,
 ) -> None:
     run_dir = killed_and_resumed[0]
     before = _snapshot(run_dir)
@@ -255,7 +259,7 @@ def _read_only_bind(source: Path, target: Path) -> None:
 
 
 def test_read_only_run_directory_fails_at_start(
-    killed_and_resumed: tuple[Path, dict[int, tuple[object, ...]], int], tmp_path: Path,
+    killed_and_resumed: tuple[Path, dict[int, tuple[object, ...]], int, str], tmp_path: Path,
 ) -> None:
     source = tmp_path / "copy"
     shutil.copytree(killed_and_resumed[0], source)

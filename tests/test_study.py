@@ -8,21 +8,17 @@ time and memory limits and corrupt inputs are in ``tests/test_reliability.py``, 
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from search.checkpoint import load_model, read_checkpoint
 from search.data import load_dataset
 from search.objectives import pareto_front
 from search.relu import relu_count
-from search.study.storage import INTERRUPTED
-from tests.helpers import load, progress_lines, run, start_run, stop_group
+from tests.helpers import load, progress_lines, run
 
 QUICK = "tests.strategies_for_tests:Quick"
 COARSE = "tests.strategies_for_tests:Coarse"
@@ -139,46 +135,3 @@ def test_over_budget_plans_are_infeasible_and_never_trained(mixed: tuple[Path, s
         if trial.state == TrialState.COMPLETE:
             assert trial.constraints["relus_over_budget"] <= 0
     assert not {t.number for t in infeasible} & {t.number for t in study.best_trials}
-
-
-def test_resume_after_sigkill_keeps_finished_trials(tmp_path: Path, cache: list[str]) -> None:
-    run_dir = tmp_path / "run"
-    args = ["--strategy", QUICK, "--trials", "4", "--run-dir", str(run_dir), "--teacher-epochs", "2", "--concurrency", "1", *cache]
-    driver = start_run(args)
-    seen = []
-    try:
-        deadline = time.monotonic() + 180
-        while len(seen) < 2 and time.monotonic() < deadline:
-            line = driver.stdout.readline()  # type: ignore[union-attr]
-            if not line:
-                break
-            if progress_lines(line):
-                seen.append(line)
-        assert len(seen) == 2, "the study printed two finished trials"
-        while time.monotonic() < deadline and not any(t.state == TrialState.RUNNING for t in load(run_dir)[1].get_trials()):
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGKILL)  # the driver only, mid-trial
-        driver.wait(30)
-    finally:
-        stop_group(driver)
-    settings, study = load(run_dir)
-    before = {t.number: t.values for t in study.get_trials() if t.state == TrialState.COMPLETE}
-    assert 2 <= len(before) < 4
-    assert any(t.state == TrialState.RUNNING for t in study.get_trials()), "killed mid-trial"
-
-    done = run(["--resume", "--run-dir", str(run_dir), "--gpus-per-trial", "0.5", *cache])
-    assert done.returncode == 0, done.stderr[-3000:]
-    if not torch.cuda.is_available():  # a GPU request on a CPU-only Ray would wait forever: dropped, said
-        assert "warning: the Ray cluster has no GPU; ignoring --gpus-per-trial 0.5" in done.stderr
-    _, study = load(run_dir)
-    trials = study.get_trials()
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    after = {t.number: t.values for t in trials if t.state == TrialState.COMPLETE}
-    assert all(after[n] == values for n, values in before.items()), "finished trials are kept as they were"
-    interrupted = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == INTERRUPTED]
-    assert interrupted
-    reruns = {t.user_attrs.get("rerun_of"): t for t in trials if "rerun_of" in t.user_attrs}
-    for trial in interrupted:
-        assert reruns[trial.number].params == trial.params and reruns[trial.number].state == TrialState.COMPLETE
-    assert len(after) == settings.trials == 4
-
