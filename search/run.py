@@ -347,6 +347,9 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
           f"({settings.full_relus:,} ReLUs, {_stem_note(settings)}, budget {budget}), "
           f"objectives {', '.join(f'{o.name} ({o.direction})' for o in chosen)}, {_extent(settings)}, sampler {settings.sampler}")
     print(f"run directory {run_dir}, storage {settings.storage}", flush=True)
+    if not args.address and not resources.gpus and any(s.uses_soft_masks for s in strategies.values()):
+        # after the study exists, so a Ctrl-C during a first build leaves a run that --resume continues
+        prepare_fused_backward(lambda line: print(line, flush=True))  # trials on this machine find it built
     from search.study.display import TrialDisplay, choose_mode
     from search.study.engine import Execution, run_study  # imports Ray: only once the input is known to be good
 
@@ -461,8 +464,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         finished = False
         try:
             resources = cluster.fit_resources(args.cpus_per_trial, args.gpus_per_trial, lambda m: print(m, file=sys.stderr))
-            if started and not resources.gpus and any(s.uses_soft_masks for s in plan.strategies.values()):
-                prepare_fused_backward(lambda line: print(line, flush=True))  # trials on this machine find it built
             if plan.new:  # run.json only once its study exists: from here on the directory can be resumed
                 create_study(settings.storage, settings.study_name, settings.directions, settings.objectives)
                 rundir.write_settings(run_dir, settings)
