@@ -43,7 +43,7 @@ def test_without_fixed_options_every_option_is_sampled() -> None:
     assert all({"snl/lr", "snl/granularity", "snl/lam"} <= set(t.params) for t in study.trials)
 
 
-@pytest.mark.parametrize("max_epochs, scale", [(6, 100 / 6), (50, 2.0), (100, 1.0), (400, 1.0)])
+@pytest.mark.parametrize("max_epochs, scale", [(6, (100 / 6) ** 2), (50, 4.0), (100, 1.0), (400, 1.0)])
 def test_snl_lam_range_and_default_follow_a_fixed_max_epochs(max_epochs: int, scale: float) -> None:
     study = _ask({"snl": {"max_epochs": max_epochs}}, trials=1, names=("snl",))
     distribution = study.trials[0].distributions["snl/lam"]
@@ -59,7 +59,7 @@ def test_default_recipe_first_trial_honours_fixed_options() -> None:
     enqueue_defaults(study, strategies, 10_000, "cifar10", {"snl": {"max_epochs": 10, "lr": 0.01}})
     trial = study.ask()
     decided = define_space(strategies, 10_000, "cifar10", {"snl": {"max_epochs": 10, "lr": 0.01}})(trial)[TRIAL_KEY]
-    assert decided["options"]["lam"] == pytest.approx(RELEASED_DEFAULTS.lam * 10)  # the recipe for 10 epochs
+    assert decided["options"]["lam"] == pytest.approx(RELEASED_DEFAULTS.lam * 10**2)  # the recipe for 10 epochs
     assert "snl/lr" not in trial.params and "snl/max_epochs" not in trial.params
     assert trial.params["relu_target"] == 1_000
 

@@ -98,18 +98,30 @@ class SNLOptions:
 
     def resolved(self, dataset: str) -> SNLOptions:
         """These options with every None replaced by the default for ``dataset``. A ``max_epochs``
-        shorter than the recipe's scales the default lam up by the same factor: the Lasso must then
-        pull the count down in fewer epochs."""
+        shorter than the recipe's scales the default lam up by the square of the ratio
+        (:func:`short_schedule_lam`)."""
         base = DATASET_DEFAULTS.get(dataset, RELEASED_DEFAULTS)
-        shorter = base.max_epochs / self.max_epochs if self.max_epochs is not None and self.max_epochs < base.max_epochs else 1.0
         return replace(
             self,
-            lam=self.lam if self.lam is not None else base.lam * shorter,
+            lam=self.lam if self.lam is not None else short_schedule_lam(base.lam, base.max_epochs, self.max_epochs),
             lr=self.lr if self.lr is not None else base.lr,
             batch_size=self.batch_size if self.batch_size is not None else base.batch_size,
             max_epochs=self.max_epochs if self.max_epochs is not None else base.max_epochs,
             finetune_epochs=self.finetune_epochs if self.finetune_epochs is not None else base.finetune_epochs,
         )
+
+
+def short_schedule_lam(lam: float, recipe_epochs: int, max_epochs: int | None) -> float:
+    """The recipe's ``lam`` for a mask phase of ``max_epochs`` instead of ``recipe_epochs``: times
+    (recipe_epochs / max_epochs) squared when shorter. Once for the fewer epochs the Lasso has to pull
+    the count down, and once more because a long schedule also compounds lambda by kappa over its many
+    epochs without a new low, which a short one never gets to. Scaling once was measured too weak: on
+    the CIFAR-10 subset with 6 mask epochs (resnet18 width 0.25, a 3,500-ReLU target) the released
+    1e-5 times 100/6 still left 104k of 139k ReLUs after 2 epochs, where times (100/6)^2 reaches the
+    target in the second epoch (``benchmarks/bench_snl_short_schedule.py``, BENCHMARKS.md)."""
+    if max_epochs is None or max_epochs >= recipe_epochs:
+        return lam
+    return lam * (recipe_epochs / max_epochs) ** 2
 
 
 class _Lasso:
@@ -344,7 +356,7 @@ class SNL(Strategy):
         "set, and a run still over budget after max_epochs fails with that reason. lam, lr, batch_size, "
         "max_epochs and finetune_epochs default per dataset: the released 1e-5, 1e-3, 128 and 100 "
         "finetune epochs (max_epochs 100) on image datasets; 1e-2, 3e-2, 64, 10 (max_epochs 40) on digits. "
-        "A max_epochs below the recipe's scales the default lam up by recipe/max_epochs. The mask phase ends at "
+        "A max_epochs below the recipe's scales the default lam up by (recipe/max_epochs)^2. The mask phase ends at "
         "the first count within the budget: counted 20 times an epoch, and every step once within twice the "
         "budget (count_every=N: every N steps; 0: at epoch ends only, as the released code)."
     )
@@ -355,7 +367,7 @@ class SNL(Strategy):
         smaller lam or lr than the recipe's moves the masks too slowly to reach a target within
         max_epochs (Adam moves a mask by about lr per step; the Lasso pull grows with lam), so such
         samples would only be stopped early. The recipe is the dataset's, given a fixed max_epochs
-        (:meth:`SNLOptions.resolved` scales lam for a shorter one)."""
+        (:func:`short_schedule_lam` scales lam for a shorter one)."""
         recipe = SNLOptions(max_epochs=(fixed or {}).get("max_epochs")).resolved(dataset or "")
         return {
             "lam": trial.suggest_float("snl/lam", recipe.lam, 30 * recipe.lam, log=True),  # type: ignore[operator]
