@@ -27,16 +27,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.common import PROJECT_ROOT, machine
-from search.strategies.snl import RELEASED_DEFAULTS, short_schedule_lam
+from search.strategies.snl import LAM_RANGE, RELEASED_DEFAULTS, SNLOptions
 
 SCHEDULE = {"max_epochs": 6, "warmup": 1, "lr": 0.01}
 
 
 def arm_lam(arm: str, max_epochs: int) -> float | None:
     """The lambda an arm fixes (None: the default, left to SNL)."""
-    default = short_schedule_lam(RELEASED_DEFAULTS.lam, RELEASED_DEFAULTS.max_epochs, max_epochs)
+    default = SNLOptions(max_epochs=max_epochs).resolved("cifar10").lam
     return {"default": None, "linear": RELEASED_DEFAULTS.lam * RELEASED_DEFAULTS.max_epochs / max_epochs,
-            "top": 30 * default}[arm]
+            "top": LAM_RANGE * default}[arm]  # type: ignore[operator]
 
 
 def run_arm(arm: str, args: argparse.Namespace, log_dir: Path) -> dict[str, object]:

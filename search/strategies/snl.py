@@ -138,6 +138,9 @@ class _Lasso:
         return self.lam * total  # type: ignore[return-value]
 
 
+LAM_RANGE = 30.0  # SNL samples lam from the recipe's up to this many times it (SNL.suggest)
+
+
 REACH_SPEEDUP = 2.0  # how much faster (in log terms) than its best epoch so far the count may still fall
 
 
@@ -370,7 +373,7 @@ class SNL(Strategy):
         (:func:`short_schedule_lam` scales lam for a shorter one)."""
         recipe = SNLOptions(max_epochs=(fixed or {}).get("max_epochs")).resolved(dataset or "")
         return {
-            "lam": trial.suggest_float("snl/lam", recipe.lam, 30 * recipe.lam, log=True),  # type: ignore[operator]
+            "lam": trial.suggest_float("snl/lam", recipe.lam, LAM_RANGE * recipe.lam, log=True),  # type: ignore[operator]
             "kappa": trial.suggest_float("snl/kappa", 1.05, 1.5),
             "epsilon": trial.suggest_float("snl/epsilon", 1e-3, 1e-1, log=True),
             "lr": trial.suggest_float("snl/lr", recipe.lr / 3, recipe.lr, log=True),  # type: ignore[operator]
