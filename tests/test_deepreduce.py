@@ -22,9 +22,10 @@ from search.errors import SearchError
 from search.inspect import main as inspect_main
 from search.linearize import main as linearize_main
 from search.relu import relu_count, sites
-from search.strategies import Context, get_strategy
+from search.strategies import Context, OverBudget, get_strategy
 from search.strategies.criticality import Criticality, order_stages, stage_scores
 from search.strategies.deepreduce import PlanCounter, base_model, choose_plan
+from search.study.trial import TrialSpec, run_one
 from search.teacher import get_teacher
 from search.train import TrainConfig, pick_device
 
@@ -122,6 +123,31 @@ def test_budget_only_picks_the_plan_with_most_relus_under_budget() -> None:
     assert candidates == 4 * 2 * 3 * 2
     with pytest.raises(SearchError, match="no deepreduce plan fits the budget of 1,000"):
         choose_plan(counter, options, ["S1", "S2", "S3", "S4"], None, 1_000)
+
+
+def test_no_plan_under_the_budget_once_the_order_is_known_carries_the_smallest_count() -> None:
+    # n_cull=1 with thinning, width and stride fixed: before criticality any one stage may be culled, and
+    # culling S3 (491,520 ReLUs) fits a budget of 491,520; once the order says S4 is least critical, the
+    # only plan left culls S4 and keeps 524,288.
+    options = _options(["n_cull=1", "thin=false", "alpha=1", "rho=1"])
+    counter = PlanCounter("resnet18", {}, (3, 32, 32), 10)
+    labels = ["S1", "S2", "S3", "S4"]
+    assert choose_plan(counter, options, labels, None, 491_520)[1] == 491_520
+    with pytest.raises(OverBudget, match="plan cull=S4 thin=false alpha=1 rho=1 has 524,288 ReLUs, over the budget of 491,520") as over:
+        choose_plan(counter, options, labels, ["S4", "S1", "S2", "S3"], 491_520)
+    assert over.value.relus == 524_288
+
+
+def test_a_study_trial_with_no_plan_under_the_budget_is_infeasible_not_failed(tmp_path: Path) -> None:
+    # resnet_tiny on digits: culling its largest stage (S1, 3,072 of 4,608) leaves 1,536, over 1,000.
+    spec = TrialSpec("digits", "resnet_tiny", {}, 1_000, ("accuracy", "relus"), "delphi", teacher_epochs=2, cache_dir=str(tmp_path))
+    decided = {"strategy": "deepreduce", "options": {"n_cull": 1, "thin": False, "alpha": 1.0, "rho": 1}, "number": 0}
+    lines: list[str] = []
+    metrics, models = run_one(spec, decided, lines)
+    assert metrics["status"] == "infeasible" and models == {}
+    assert metrics["reason"].startswith("no deepreduce plan fits the budget of 1,000 ReLUs") and lines[-1] == metrics["reason"]
+    assert metrics["relus"] == 1_536 and metrics["accuracy"] != metrics["accuracy"]  # the smallest plan's count; accuracy NaN
+    assert not (tmp_path / "teachers").exists()  # refused before any training
 
 
 def test_criticality_score_orders_known_accuracies_and_names_culled_stages() -> None:

@@ -13,7 +13,16 @@ from importlib.metadata import entry_points
 
 from search.errors import SearchError
 from search.options import declared_options, option_lines
-from search.strategies.base import Context, Outcome, Phase, PhasesUnknown, PlanNeedsTraining, Strategy, TargetOutOfReach
+from search.strategies.base import (
+    Context,
+    Outcome,
+    OverBudget,
+    Phase,
+    PhasesUnknown,
+    PlanNeedsTraining,
+    Strategy,
+    TargetOutOfReach,
+)
 
 ENTRY_POINT_GROUP = "search.strategies"
 
@@ -78,5 +87,5 @@ def describe_strategies() -> str:
     return "\n\n".join(parts)
 
 
-__all__ = ["Context", "Outcome", "Phase", "PhasesUnknown", "PlanNeedsTraining", "Strategy", "TargetOutOfReach",
+__all__ = ["Context", "Outcome", "OverBudget", "Phase", "PhasesUnknown", "PlanNeedsTraining", "Strategy", "TargetOutOfReach",
            "describe_strategies", "get_strategy", "list_strategies", "ENTRY_POINT_GROUP"]

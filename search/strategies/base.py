@@ -99,6 +99,16 @@ class TargetOutOfReach(SearchError):
     epochs (only with ``Context.early_stop``); a study records the trial PRUNED with this reason."""
 
 
+class OverBudget(SearchError):
+    """Raised by a strategy that picks its plan itself (DeepReDuce, after measuring criticality) when no
+    plan its options allow fits the budget; a study records the trial infeasible, as it does a fixed
+    plan over the budget, with the smallest plan's count as its ``relus``."""
+
+    def __init__(self, message: str, relus: int) -> None:
+        super().__init__(message)
+        self.relus = relus
+
+
 class PlanNeedsTraining(SearchError):
     """Raised by :meth:`Strategy.plan` when only training can tell the plan's ReLU count."""
 

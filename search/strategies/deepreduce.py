@@ -40,7 +40,7 @@ from search.errors import SearchError
 from search.relu import relu_count, sites, trace_shapes
 from search.spaces import build_model
 from search.spaces import model_options as declared_model_options
-from search.strategies.base import Context, Outcome, Phase, PlanNeedsTraining, Strategy, final_training
+from search.strategies.base import Context, Outcome, OverBudget, Phase, PlanNeedsTraining, Strategy, final_training
 from search.strategies.criticality import Criticality, cached_order, criticality
 from search.strategies.stages import Stages, forward_sites, model_stages, residual_blocks
 from search.teacher import default_cache_dir
@@ -353,20 +353,22 @@ def choose_plan(
     budget: int | None,
 ) -> tuple[PlanSpec, int, int]:
     """(plan, its ReLU count, number of candidates). ``order`` None means the order is not known
-    yet: then this only checks that some plan could fit, and raises SearchError if none can."""
+    yet: then this only checks that some plan could fit. Raises OverBudget if none fits."""
     specs = candidate_specs(options, cull_choices(options, labels, order, budget is not None), budget is not None, counter.applies)
     counted = [(spec, counter.count(spec)) for spec in specs]
     best = best_under_budget(counted, budget)
     if best is None:
         smallest = min(counted, key=lambda item: item[1])
         if len(counted) == 1:
-            raise SearchError(
+            raise OverBudget(
                 f"deepreduce plan {smallest[0].describe()} has {smallest[1]:,} ReLUs, over the budget of {budget:,}; "
-                "cull more stages, thin, lower alpha or rho, or leave them unset so the budget picks them"
+                "cull more stages, thin, lower alpha or rho, or leave them unset so the budget picks them",
+                smallest[1],
             )
-        raise SearchError(
+        raise OverBudget(
             f"no deepreduce plan fits the budget of {budget:,} ReLUs: the smallest of {len(counted)} candidates, "
-            f"{smallest[0].describe()}, has {smallest[1]:,}"
+            f"{smallest[0].describe()}, has {smallest[1]:,}",
+            smallest[1],
         )
     confirmed = counter.confirm(best[0])
     if confirmed != best[1]:

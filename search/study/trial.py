@@ -4,8 +4,9 @@ The trial never raises for a strategy's failure: it reports a ``status`` (``ok``
 ``failed``) and a one-line ``reason`` with every metric present (NaN where unknown), because Ray Tune
 aborts the whole run on a report that lacks a metric, and the searcher needs the reason to record it.
 A strategy whose plan fixes the ReLU count is held to the study's budget before any training (a plan
-over it is ``infeasible``); one whose count only training decides (SNL) trains to the trial's sampled
-``relu_target``. Nothing here imports Ray: :mod:`search.study.trainable` wraps :func:`run_one` for Ray
+over it is ``infeasible``, and so is one whose strategy finds no plan within it after training, as
+DeepReDuce may once criticality orders the stages); one whose count only training decides (SNL) trains to
+the trial's sampled ``relu_target``. Nothing here imports Ray: :mod:`search.study.trainable` wraps :func:`run_one` for Ray
 Tune, and :mod:`search.study.limits` runs it in a child process.
 """
 
@@ -30,7 +31,7 @@ from search.objectives import MEASURED_COMMUNICATION, cost_model, objectives
 from search.pi.measure import measure_checkpoint
 from search.pipeline import Job, Prepared, Result, budget_path, execute, execute_budgets, prepare
 from search.relu import relu_count
-from search.strategies import PlanNeedsTraining, TargetOutOfReach
+from search.strategies import OverBudget, PlanNeedsTraining, TargetOutOfReach
 from search.study.rundir import trial_model_path
 
 TRIAL_KEY = "_trial"  # config key holding what the searcher decided for this trial
@@ -161,6 +162,10 @@ def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], nod
             log(metrics["reason"])
             return metrics, models if metrics.get("model_path") else {}
         return metrics, models
+    except OverBudget as err:  # the strategy's own plan choice found none within the budget: as a fixed plan over it
+        log(str(err))
+        metrics.update(status="infeasible", relus=err.relus, reason=str(err), seconds=time.perf_counter() - start)
+        return _with_objectives(metrics, spec), {}
     except TargetOutOfReach as err:  # stopped early, on purpose: PRUNED, not FAILED
         log(str(err))
         metrics.update(status="pruned", reason=str(err), seconds=time.perf_counter() - start)
