@@ -72,7 +72,8 @@ def load(run_dir: Path) -> tuple[rundir.RunSettings, optuna.Study]:
     return settings, optuna.load_study(study_name=settings.study_name, storage=settings.storage)
 
 
-RUNNING_LINE = re.compile(r"trial +\d+ \S+ +\w+ \d+/\d+ val_acc ")  # search.study.display: a trial's progress
+# search.study.display: a trial's progress ("mask 1/≤40": a phase that may end early shows its bound)
+RUNNING_LINE = re.compile(r"trial +\d+ \S+ +\w+ \d+/≤?\d+ val_acc ")
 
 
 def progress_lines(stdout: str) -> list[str]:
