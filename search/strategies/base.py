@@ -100,9 +100,9 @@ class TargetOutOfReach(SearchError):
 
 
 class OverBudget(SearchError):
-    """Raised by a strategy that picks its plan itself (DeepReDuce, after measuring criticality) when no
-    plan its options allow fits the budget; a study records the trial infeasible, as it does a fixed
-    plan over the budget, with the smallest plan's count as its ``relus``."""
+    """No plan within the budget: a fixed plan over it (checked by a study's trial before training), or
+    none of the plans a strategy may choose itself (DeepReDuce, also after measuring criticality). A
+    study records the trial infeasible, with ``relus`` the smallest such plan's count."""
 
     def __init__(self, message: str, relus: int) -> None:
         super().__init__(message)

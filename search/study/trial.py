@@ -143,10 +143,7 @@ def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], nod
         if planned is not None and spec.budget is not None:  # the plan fixes the count: check it, untrained
             count = relu_count(planned, info.input_shape)
             if count > spec.budget:
-                metrics.update(status="infeasible", relus=count, seconds=time.perf_counter() - start,
-                               reason=f"plan has {count:,} ReLUs, over the budget of {spec.budget:,}")
-                log(metrics["reason"])
-                return _with_objectives(metrics, spec), {}
+                raise OverBudget(f"plan has {count:,} ReLUs, over the budget of {spec.budget:,}", count)
         data = _dataset(spec.dataset, spec.data_dir)
         shared = prepared.strategy.shares_path and job.budget is not None
         rungs = path_budgets(job.budget, spec.budget or prepared.full_relus, spec.path_rungs) if shared else []  # type: ignore[arg-type]
@@ -162,7 +159,7 @@ def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], nod
             log(metrics["reason"])
             return metrics, models if metrics.get("model_path") else {}
         return metrics, models
-    except OverBudget as err:  # the strategy's own plan choice found none within the budget: as a fixed plan over it
+    except OverBudget as err:  # a fixed plan over the budget, or none the strategy may choose within it: INFEASIBLE
         log(str(err))
         metrics.update(status="infeasible", relus=err.relus, reason=str(err), seconds=time.perf_counter() - start)
         return _with_objectives(metrics, spec), {}
