@@ -103,6 +103,8 @@ def make_run(run_dir: Path, trials: list[tuple], strategies: list[str], name: st
                 attrs |= {"teacher_val_acc": teacher[0], "teacher_test_acc": teacher[1]}
             study.add_trial(create_trial(state=state, values=[acc, relus], params=params, distributions=dists, user_attrs=attrs,
                                          constraints=constraints))
+        elif state == TrialState.PRUNED and "prune_reason" in attrs:  # stopped early by the rung rule
+            study.add_trial(create_trial(state=state, params=params, distributions=dists, user_attrs=attrs))
         elif state == TrialState.PRUNED:
             attrs |= {"relus": relus, "feasible": False, "infeasible_reason": f"plan has {relus:,} ReLUs, over the budget"}
             study.add_trial(create_trial(state=state, params=params, distributions=dists, user_attrs=attrs,
@@ -136,7 +138,7 @@ def test_model_fronts_hypervolumes_and_ladder(run_a: Path) -> None:
     assert snl.hypervolume == pytest.approx(0.425)
     x1, x2 = math.log10(300) / 4, math.log10(2000) / 4
     assert dr.hypervolume == pytest.approx((1 - x1) * (1 - 0.16) + (1 - x2) * (0.16 - 0.08))
-    assert (snl.trials, snl.finished, snl.failed, snl.over_budget) == (5, 4, 0, 1)
+    assert (snl.trials, snl.finished, snl.failed, snl.over_budget, snl.stopped_early) == (5, 4, 0, 1, 0)
     assert (dr.trials, dr.finished, dr.failed, dr.over_budget) == (4, 3, 1, 1)
     assert snl.compute_s == pytest.approx(60 + 61 + 62 + 63 + 68)
     ladder = {row.relus: row for row in report.relu_ladder.rows}
@@ -156,6 +158,18 @@ def test_model_fronts_hypervolumes_and_ladder(run_a: Path) -> None:
     assert report.published == ()  # digits has no published figures
     pareto = report.pareto_trials
     assert [t.number for t in pareto] == [0, 1, 4, 5] and all(t.model_present for t in pareto)
+
+
+def test_trials_stopped_early_are_counted_apart_from_failed_and_over_budget(tmp_path: Path) -> None:
+    trials = [("snl", 100, 0.80, True, TrialState.COMPLETE), ("snl", None, None, True, TrialState.PRUNED)]
+    stopped = {"prune_reason": "dominated at 25% of finetune (epoch 3/10): val_acc 0.70 with 200 ReLUs"}
+    run_dir = make_run(tmp_path / "run", trials, ["snl"], "stopped", more_attrs={1: stopped})
+    (snl,) = make_report([run_dir]).series
+    assert (snl.trials, snl.finished, snl.failed, snl.over_budget, snl.stopped_early) == (2, 1, 0, 0, 1)
+    write_report([run_dir])
+    md = (run_dir / "report.md").read_text()
+    assert "| finished | failed | over budget | stopped early | on front |" in md
+    assert "| snl | run | 2 | 1 | 0 | 0 | 1 | 1 |" in md
 
 
 def test_all_four_files_written(run_a: Path) -> None:

@@ -113,6 +113,7 @@ class Series:
     failed: int
     rerun: int
     over_budget: int
+    stopped_early: int  # by the rung rule of search.study.halving (PRUNED with a prune_reason)
     unfinished: int
     compute_s: float
     front: tuple[TrialRow, ...]
@@ -554,6 +555,7 @@ def _series(runs: Sequence[RunData], rows: list[TrialRow], references: dict[str,
                 failed=sum(1 for r in mine if r.state == "FAIL" and (r.run, r.number) not in rerun),
                 rerun=sum(1 for r in mine if r.state == "FAIL" and (r.run, r.number) in rerun),
                 over_budget=sum(1 for r in mine if r.over_budget),
+                stopped_early=sum(1 for r in mine if r.state == "PRUNED" and "prune_reason" in r.attrs),
                 unfinished=sum(1 for r in mine if r.state in ("RUNNING", "WAITING")),
                 compute_s=sum(_compute_seconds(r) for r in mine),
                 front=front,

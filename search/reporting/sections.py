@@ -66,8 +66,8 @@ def _c(value: Any, strong: bool = False) -> Cell:
 
 
 def _strategies(report: Report) -> Section:
-    headers = ("strategy", "runs", "trials", "finished", "failed", "over budget", "on front", "best val acc", "fewest ReLUs",
-               "hypervolume", "compute time")
+    headers = ("strategy", "runs", "trials", "finished", "failed", "over budget", "stopped early", "on front", "best val acc",
+               "fewest ReLUs", "hypervolume", "compute time")
     rows = tuple(
         (
             _c(s.name),
@@ -76,6 +76,7 @@ def _strategies(report: Report) -> Section:
             _c(s.finished),
             _c(s.failed),
             _c(s.over_budget),
+            _c(s.stopped_early),
             _c(len(s.front)),
             _c(text.accuracy_in(s.best_acc, s.best_interval)),
             _c(text.count(s.fewest_relus)),
@@ -85,7 +86,9 @@ def _strategies(report: Report) -> Section:
         for s in report.series
     )
     note = ("Compute time is the sum of the trials' compute time (CPU time of the trial's processes, all threads; wall time "
-            "on a GPU; wall time for trials of runs that did not record it), failed trials included.")
+            "on a GPU; wall time for trials of runs that did not record it), failed and stopped-early trials included. "
+            "Stopped early: ended at a rung of the study's early-stopping rule, dominated by finished trials (--no-early-stop "
+            "turns the rule off).")
     reruns = sum(s.rerun for s in report.series)
     if reruns:
         note += f" {reruns} trial(s) interrupted by a killed run and rerun by --resume are not counted as failed."
