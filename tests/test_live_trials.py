@@ -93,6 +93,8 @@ def test_rung_rule_stops_a_dominated_trial_and_spares_the_others(tmp_path: Path,
     assert 0 < trials[1].user_attrs["compute_seconds"] and 0.6 <= trials[1].user_attrs["seconds"] < trials[0].user_attrs["seconds"]
     assert all(0 <= t.user_attrs["progress_seconds"] < t.user_attrs["seconds"] for t in trials if t.state == TrialState.COMPLETE)
     assert "PRUNED: dominated" in done.stdout
+    log = (run_dir / "trials" / "1" / "log.txt").read_text().splitlines()
+    assert log[-1] == f"stopped early by the rung rule: {reason}" and "curve epoch 2/8" in log[-2], log[-3:]
 
     resumed = run(["--resume", "--run-dir", str(run_dir), "--trials", "5", *cache], timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

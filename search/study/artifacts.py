@@ -27,10 +27,7 @@ class ArtifactStore:
 
     def append_log(self, number: int, text: str) -> None:
         """Add a running trial's new log lines to ``trials/<n>/log.txt`` (``tail -f`` follows it)."""
-        path = trial_model_path(self.run_dir, number).with_name("log.txt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as log:
-            log.write(text)
+        append_log(self.run_dir, number, text)
 
     def save(self, number: int, models: dict[str, bytes], log: str, result: dict[str, Any]) -> None:
         """Write trial ``number``'s models (by file name: ``model.pt``, ``model-<B>.pt`` of its mask
@@ -44,6 +41,15 @@ class ArtifactStore:
                 write_atomic(path, model)
         write_atomic(model_path.with_name("log.txt"), log.encode())  # the whole log, over what append_log wrote
         write_atomic(model_path.with_name(RESULT_FILE), json.dumps(result, default=str).encode())
+
+
+def append_log(run_dir: str | os.PathLike[str], number: int, text: str) -> None:
+    """Add ``text`` to trial ``number``'s ``trials/<n>/log.txt``: its own lines as it runs (through
+    :class:`ArtifactStore`), and, from the driver, why the rung rule stopped it."""
+    path = trial_model_path(run_dir, number).with_name("log.txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(text)
 
 
 def read_result(run_dir: str | os.PathLike[str], number: int) -> dict[str, Any] | None:

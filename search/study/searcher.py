@@ -37,7 +37,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.objectives import Objective
 from search.strategies import Strategy
-from search.study.artifacts import read_result
+from search.study.artifacts import append_log, read_result
 from search.study.storage import INTERRUPTED, STORAGE_ERRORS, fail, fault_reason, record, store_curve
 from search.study.timeshare import TimeShare
 from search.study.trial import TARGET_PARAM, TRIAL_KEY
@@ -222,7 +222,8 @@ class StudySearcher(OptunaSearch):
             self._share.finished(trial_id)
         trial = self._ot_trials[trial_id]
         status = (result or {}).get("status")
-        if status == "running" and trial_id in self.pruned:  # stopped by the rung rule (search.study.halving)
+        at_rung = status == "running" and trial_id in self.pruned  # stopped by the rung rule (search.study.halving)
+        if at_rung:
             result = self._prune_at_rung(trial_id, result or {})
         elif status in (None, "running"):  # Tune stopped it, or its worker died: did it save a result?
             result = read_result(self._run_dir, trial.number)
@@ -239,6 +240,11 @@ class StudySearcher(OptunaSearch):
         self._completed_trials.add(trial_id)
         if result is not None and result.get("storage_error"):
             self.fault = f"cannot write trial {trial.number}'s files in {self._run_dir}: {result['storage_error']}"
+        if at_rung:  # the trial's own log ends at its last epoch: say why it went no further
+            try:
+                append_log(self._run_dir, trial.number, f"stopped early by the rung rule: {self.pruned[trial_id]}\n")
+            except OSError as err:
+                self.fault = f"cannot write trial {trial.number}'s log in {self._run_dir}: {fault_reason(err)}"
         self._on_recorded(stored)
         for point in path:
             self._on_recorded(point)
