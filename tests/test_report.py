@@ -260,6 +260,18 @@ def test_interrupted_and_rerun_trials_are_not_failures(tmp_path: Path) -> None:
     assert (snl.trials, snl.finished, snl.failed, snl.rerun) == (3, 1, 1, 1)
 
 
+def test_running_and_waiting_trials_are_counted_and_said_to_be_unfinished(tmp_path: Path) -> None:
+    trials = [("snl", 500, 0.9, True, TrialState.COMPLETE), ("snl", None, None, True, TrialState.RUNNING),
+              ("snl", None, None, True, TrialState.WAITING)]
+    run = make_run(tmp_path / "live", trials, ["snl"], "live")
+    (snl,) = make_report([run]).series
+    assert (snl.trials, snl.finished, snl.failed, snl.unfinished) == (3, 1, 0, 2)
+    write_report([run])
+    assert "2 trial(s) still running or waiting" in (run / "report.md").read_text()
+    write_report([make_run(tmp_path / "done", trials[:1], ["snl"], "done")])
+    assert "still running" not in (tmp_path / "done" / "report.md").read_text()
+
+
 def test_moved_run_directory_still_reports(tmp_path: Path, run_a: Path) -> None:
     moved = tmp_path / "elsewhere"
     shutil.move(run_a, moved)  # run.json still names the old study.db path

@@ -92,6 +92,10 @@ def _strategies(report: Report) -> Section:
     reruns = sum(s.rerun for s in report.series)
     if reruns:
         note += f" {reruns} trial(s) interrupted by a killed run and rerun by --resume are not counted as failed."
+    unfinished = sum(s.unfinished for s in report.series)
+    if unfinished:
+        note += (f" {unfinished} trial(s) still running or waiting (the run is live, or was stopped and not resumed yet) are "
+                 "counted in trials only.")
     return Section("Strategies", (Table(headers, rows), report.hypervolume_note, note))
 
 
