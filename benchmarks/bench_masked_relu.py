@@ -12,12 +12,19 @@ CIFAR ResNet18 at batch 64. Five variants of the same network, timed in the same
       with on a CPU).
 
     python -m benchmarks.bench_masked_relu --widths 0.25,1.0 --repeats 15 [--threads 1]
+
+``--builds N`` times N first builds of the fused kernel instead (what a new machine pays once), each
+in a new process with an empty extension cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -136,6 +143,30 @@ def measure(width: float, batch: int, repeats: int, steps: int, device: torch.de
     return {label: statistics.median(values) for label, values in times.items()}
 
 
+_TIMED_BUILD = (
+    "import time\n"
+    "from search.masked_relu import fused_backward\n"
+    "start = time.perf_counter()\n"
+    "built = fused_backward() is not None\n"
+    "print(time.perf_counter() - start if built else 'failed')\n"
+)
+
+
+def time_builds(count: int) -> list[float]:
+    """Seconds of each of ``count`` first builds of the fused kernel (compile and load), each in a new
+    process whose ``$TORCH_EXTENSIONS_DIR`` is empty."""
+    seconds = []
+    for _ in range(count):
+        with tempfile.TemporaryDirectory(prefix="bench-kernel-build-") as cache:
+            done = subprocess.run([sys.executable, "-c", _TIMED_BUILD], env={**os.environ, "TORCH_EXTENSIONS_DIR": cache},
+                                  capture_output=True, text=True, check=True)
+        last = done.stdout.strip().splitlines()[-1]
+        if last == "failed":
+            raise SystemExit(f"the fused soft-mask kernel could not be built here: {done.stderr.strip()[-500:]}")
+        seconds.append(float(last))
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", default="0.25,1.0")
@@ -144,7 +175,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="training steps per variant per round")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--builds", type=int, help="time this many first builds of the fused kernel instead")
     args = parser.parse_args()
+    if args.builds:
+        seconds = time_builds(args.builds)
+        print(f"fused kernel first build: median {statistics.median(seconds):.1f} s over {len(seconds)} "
+              f"({', '.join(f'{s:.1f}' for s in seconds)} s)")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)

@@ -8,8 +8,8 @@ The backward has two implementations:
 
 - on CPU, a fused C++ kernel (``search/csrc/soft_mask.cpp``) reads ``grad`` and ``x`` once, writes the
   input gradient and sums the mask gradient over the batch in the same pass, like ReLU's own
-  backward. It is compiled with ``torch.utils.cpp_extension`` on first use (once per machine, about
-  a minute, cached in ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``; a study on a local
+  backward. It is compiled with ``torch.utils.cpp_extension`` on first use (once per machine, 15-20 s
+  on a 2-core CPU, cached in ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``; a study on a local
   Ray builds it before its trials start, :func:`prepare_fused_backward`);
 - elsewhere (CUDA), or where it cannot be compiled (no C++ compiler), four vectorised ATen passes:
   ReLU's own backward, a subtraction, an addcmul, and a product whose batch sum is a matrix-vector
@@ -61,7 +61,8 @@ def fused_backward() -> FusedBackward | None:
 
         # -fno-trapping-math lets GCC turn the kernel's select into a vector blend: otherwise it keeps a
         # branch wherever the CPU lacks AVX-512's masked operations (13-25x slower on an AVX2 CPU)
-        module = cpp_extension.load(_EXTENSION, [str(_SOURCE)], extra_cflags=["-O3", "-fno-trapping-math"], verbose=False)
+        cpp_extension.load(_EXTENSION, [str(_SOURCE)], extra_cflags=["-O3", "-fno-trapping-math"], verbose=False,
+                           is_python_module=False)  # the library registers torch.ops.<_EXTENSION>.soft_mask_backward
     except Exception as err:  # no compiler, no ninja, a read-only cache: the ATen backward still works
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         print(f"search: the fused soft-mask kernel could not be built ({reason}); using the slower ATen backward",
@@ -72,7 +73,7 @@ def fused_backward() -> FusedBackward | None:
     seconds = time.perf_counter() - started
     if seconds > BUILT_AFTER_S:  # compiled now, in the epoch that first needed it: not a cost of every epoch
         progress.one_off(seconds)
-    return module.soft_mask_backward
+    return getattr(torch.ops, _EXTENSION).soft_mask_backward  # type: ignore[no-any-return]
 
 
 BUILT_AFTER_S = 2.0  # loading a built kernel takes about 0.1 s; longer means it was compiled
@@ -88,7 +89,7 @@ def prepare_fused_backward(say: Callable[[str], None], patience_s: float = BUILT
 
     def announce() -> None:
         announced.set()
-        say("building the fused soft-mask kernel that SNL's mask training uses (once per machine, about a minute)")
+        say("building the fused soft-mask kernel that SNL's mask training uses (once per machine, about 20 s)")
 
     timer = threading.Timer(patience_s, announce)
     timer.daemon = True
