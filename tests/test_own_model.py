@@ -8,8 +8,6 @@ for in-process calls and on ``PYTHONPATH`` for subprocesses (a study's Ray worke
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -30,14 +28,14 @@ import search.report
 import search.run
 import search.train_teacher
 from search.checkpoint import load_model, save_model
-from search.cli import package_version, run_main
+from search.cli import package_version
 from search.errors import SearchError
 from search.nonlinear import kind_totals, nonlinear_table
 from search.relu import linearizable, relu_count, sites
 from search.spaces import build_model, list_models, model_options
 from search.teacher import teacher_key
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import load, study_env
+from tests.helpers import cli, load, study_env
 
 MODULE = "own_model_factories"
 FACTORIES = '''
@@ -109,14 +107,6 @@ def module_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield folder
     sys.path.remove(str(folder))
     sys.modules.pop(MODULE, None)
-
-
-def cli(module: object, argv: list[str]) -> tuple[int, str, str]:
-    """``run_main(module.main, argv)`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
-        run_main(module.main, argv)  # type: ignore[attr-defined]
-    return int(info.value.code or 0), out.getvalue(), err.getvalue()
 
 
 def one_error(code: int, out: str, err: str) -> str:

@@ -22,6 +22,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+import search.pi.cli
 import search.pi.measure
 from search.checkpoint import save_model
 from search.cli import run_main
@@ -37,7 +38,7 @@ from search.run import main as run_study_main
 from search.spaces import build_model
 from search.study import rundir
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import run_together
+from tests.helpers import cli, run_together
 from tests.test_report import make_run
 
 LOGIT_TOLERANCE = 0.05  # SPU's fixed point (FM64, 18 fraction bits): errors seen are about 2e-3
@@ -304,19 +305,11 @@ BAD_INPUT = [
 ]
 
 
-@pytest.fixture(scope="module")
-def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
-    """The command lines of the test below, run together up front (:func:`tests.helpers.run_together`)
-    in an empty folder; each case checks the result of its own."""
-    commands = {tuple(args): [sys.executable, "-m", "search.pi", *args] for args, _ in BAD_INPUT}
-    return run_together(commands, cwd=tmp_path_factory.mktemp("pi-bad-input"), env=_env(), timeout=300)  # type: ignore[return-value]
-
-
 @pytest.mark.parametrize("args,message", BAD_INPUT)
-def test_bad_input_gets_one_error_line(args: list[str], message: str,
-                                       bad_input_runs: dict[tuple[str, ...], subprocess.CompletedProcess[str]]) -> None:
-    proc = bad_input_runs[tuple(args)]
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(message), proc.stderr
+def test_bad_input_gets_one_error_line(args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # an empty folder; in-process (the entry point runs as a command above)
+    code, out, err = cli(search.pi.cli, args)
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith(message), err
 
 
 @pytest.mark.parametrize("main,args", [

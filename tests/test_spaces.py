@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 import torch
 
+import search.inspect
 from search.errors import SearchError
-from search.relu import relu_count, relu_table
-from search.relu import stage_totals
+from search.relu import relu_count, relu_table, stage_totals
 from search.spaces import build_model, list_models
-from tests.helpers import run_together
+from tests.helpers import cli
 
 
 def test_resnet18_counts_per_stage_at_32() -> None:
@@ -62,10 +61,10 @@ Runs = dict[tuple[str, ...], subprocess.CompletedProcess[str]]
 
 @pytest.fixture(scope="module")
 def inspected() -> Runs:
-    """``python -m search.inspect`` with each command line of the tests below, run together up front
-    (:func:`tests.helpers.run_together`); each test checks the result of its own."""
+    """``search.inspect`` with each command line of the tests below, in-process (:func:`tests.helpers.cli`;
+    other tests run its entry point as a command); each test checks the result of its own."""
     lines = [args for args, _ in TOTALS] + [DEFAULTS] + [args for args, _ in BAD_INPUT]
-    return run_together({tuple(args): [sys.executable, "-m", "search.inspect", *args] for args in lines})  # type: ignore[return-value]
+    return {tuple(args): subprocess.CompletedProcess(args, *cli(search.inspect, args)) for args in lines}
 
 
 @pytest.mark.parametrize(("args", "expected"), TOTALS)

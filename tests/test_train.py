@@ -11,12 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import search.linearize
 from search.data import Loader, load_dataset
 from search.errors import SearchError
-from search.spaces import build_model
 from search.pipeline import Job, execute, prepare
+from search.spaces import build_model
 from search.teacher import get_teacher, recipe_record, teacher_key
 from search.train import LATER_FIELDS, TrainConfig, clip_gradients, evaluate, fit, kd_loss, make_schedule, teacher_config
+from tests.conftest import quick_estimates
+from tests.helpers import cli
 
 CPU = torch.device("cpu")
 
@@ -222,11 +225,12 @@ def test_train_options_reach_the_strategys_final_phase(tmp_path: Path) -> None:
 
 
 def test_teacher_and_train_options_on_the_command_line() -> None:
-    base = [sys.executable, "-m", "search.linearize", "--strategy", "snl", "--budget", "10%", "--dry-run"]
-    ok = subprocess.run([*base, "--set", "teacher.epochs=4", "--set", "teacher.schedule=step", "--set", "teacher.milestones=2,3",
-                         "--set", "train.weight_decay=1e-4"], capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
-    assert "trains it first (4 epochs)" in ok.stdout
-    bad = subprocess.run([*base, "--set", "teacher.shedule=step"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr.startswith("error: unknown option 'shedule' for the teacher recipe") and "schedule" in bad.stderr
+    base = ["--strategy", "snl", "--budget", "10%", "--dry-run"]
+    with quick_estimates():  # what the dry run plans is checked here, not its timing
+        code, out, err = cli(search.linearize, [*base, "--set", "teacher.epochs=4", "--set", "teacher.schedule=step",
+                                                "--set", "teacher.milestones=2,3", "--set", "train.weight_decay=1e-4"])
+    assert code == 0, err
+    assert "trains it first (4 epochs)" in out
+    code, out, err = cli(search.linearize, [*base, "--set", "teacher.shedule=step"])
+    assert code == 2 and out == ""
+    assert err.startswith("error: unknown option 'shedule' for the teacher recipe") and "schedule" in err
