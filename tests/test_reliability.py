@@ -14,6 +14,7 @@ both tests there).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import random
 import shutil
@@ -33,7 +34,7 @@ from search.study import rundir
 from search.study.limits import memory_reason, time_reason
 from search.study.storage import INTERRUPTED, finished
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import load, progress_lines, run, start_run, stop_group
+from tests.helpers import cli, load, progress_lines, run, start_run, stop_group
 
 QUICK = "tests.strategies_for_tests:Quick"
 NAP = "tests.strategies_for_tests:Nap"
@@ -148,9 +149,15 @@ def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     }
 
 
-def _cli(module: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+def _command(module: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``python -m module args``: the real entry point, as a user runs it."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+
+
+def _cli(module: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """The same in-process (:func:`tests.helpers.cli`): the entry point's code without 3 s of interpreter start."""
+    return subprocess.CompletedProcess(args, *cli(importlib.import_module(module), args))
 
 
 def _one_error(done: subprocess.CompletedProcess[str]) -> str:
@@ -174,8 +181,8 @@ def test_corrupt_inputs_are_one_error_line_and_touch_no_result(
     truncated = data / "cifar-10-batches-py" / "data_batch_3"
     truncated.unlink()
     truncated.write_bytes((cifar_dir / "cifar-10-batches-py" / "data_batch_3").read_bytes()[:100_000])
-    line = _one_error(_cli("search.run", ["--strategy", QUICK, "--dataset", "cifar10", "--data-dir", str(data),
-                                          "--run-dir", str(run_dir)]))
+    line = _one_error(_command("search.run", ["--strategy", QUICK, "--dataset", "cifar10", "--data-dir", str(data),
+                                              "--run-dir", str(run_dir)]))
     assert line.startswith(f"error: corrupt data file {truncated}:")
 
     not_a_checkpoint = tmp_path / "model.pt"
