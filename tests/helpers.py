@@ -51,6 +51,11 @@ def cli(module: object, argv: list[str]) -> tuple[int, str, str]:
     return int(info.value.code or 0), out.getvalue(), err.getvalue()
 
 
+def cli_result(module: object, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """:func:`cli` as a command's result, for tests that read ``returncode``, ``stdout`` and ``stderr``."""
+    return subprocess.CompletedProcess(argv, *cli(module, argv))
+
+
 def run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """``python -m search.run args`` from the project root, to the end."""
     return subprocess.run(

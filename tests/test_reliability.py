@@ -14,7 +14,6 @@ both tests there).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import random
 import shutil
@@ -28,13 +27,15 @@ import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+import search.inspect
+import search.run
 from search.errors import SearchError
 from search.run import parse_args
 from search.study import rundir
 from search.study.limits import memory_reason, time_reason
 from search.study.storage import INTERRUPTED, finished
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import cli, load, progress_lines, run, start_run, stop_group
+from tests.helpers import cli_result, load, progress_lines, run, start_run, stop_group
 
 QUICK = "tests.strategies_for_tests:Quick"
 NAP = "tests.strategies_for_tests:Nap"
@@ -155,11 +156,6 @@ def _command(module: str, args: list[str]) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
 
 
-def _cli(module: str, args: list[str]) -> subprocess.CompletedProcess[str]:
-    """The same in-process (:func:`tests.helpers.cli`): the entry point's code without 3 s of interpreter start."""
-    return subprocess.CompletedProcess(args, *cli(importlib.import_module(module), args))
-
-
 def _one_error(done: subprocess.CompletedProcess[str]) -> str:
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-3000:]
@@ -187,11 +183,11 @@ def test_corrupt_inputs_are_one_error_line_and_touch_no_result(
 
     not_a_checkpoint = tmp_path / "model.pt"
     not_a_checkpoint.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
-    line = _one_error(_cli("search.inspect", ["--checkpoint", str(not_a_checkpoint)]))
+    line = _one_error(cli_result(search.inspect, ["--checkpoint", str(not_a_checkpoint)]))
     assert line.startswith(f"error: {not_a_checkpoint} is not a search checkpoint")
-    line = _one_error(_cli("search.inspect", ["--checkpoint", str(model.with_name("log.txt"))]))
+    line = _one_error(cli_result(search.inspect, ["--checkpoint", str(model.with_name("log.txt"))]))
     assert "is not a search checkpoint" in line
-    shown = _cli("search.inspect", ["--checkpoint", str(model)])  # the real one is shown
+    shown = cli_result(search.inspect, ["--checkpoint", str(model)])  # the real one is shown
     assert shown.returncode == 0 and f"total_relus={study_relus(run_dir, model)}" in shown.stdout
 
     damaged = tmp_path / "damaged"
@@ -202,16 +198,16 @@ def test_corrupt_inputs_are_one_error_line_and_touch_no_result(
     settings.storage = rundir.storage_url(damaged)
     rundir.write_settings(damaged, settings)
     damaged_before = _snapshot(damaged)
-    line = _one_error(_cli("search.run", ["--resume", "--run-dir", str(damaged)]))
+    line = _one_error(cli_result(search.run, ["--resume", "--run-dir", str(damaged)]))
     assert line.startswith(f"error: cannot open study storage '{settings.storage}': ")
     assert _snapshot(damaged) == damaged_before
 
-    line = _one_error(_cli("search.run", ["--strategy", QUICK, "--set", "width=wide", "--run-dir", str(run_dir)]))
+    line = _one_error(cli_result(search.run, ["--strategy", QUICK, "--set", "width=wide", "--run-dir", str(run_dir)]))
     assert line == "error: bad value 'wide' for width: expected a number"
 
     config = tmp_path / "study.yaml"
     config.write_text("strategy: snl\ntrials: 4\nepochs: 3\nteacher_epoch: 2\n")
-    line = _one_error(_cli("search.run", ["--config", str(config), "--run-dir", str(run_dir)]))
+    line = _one_error(cli_result(search.run, ["--config", str(config), "--run-dir", str(run_dir)]))
     assert line.startswith(f"error: unknown keys 'epochs', 'teacher_epoch' in --config {config}; accepted: ")
     assert _snapshot(run_dir) == before, "no file of the existing run was written"
 
@@ -274,9 +270,9 @@ def test_read_only_run_directory_fails_at_start(
     _read_only_bind(source, readonly)
     try:
         before = _snapshot(readonly)
-        resumed = _cli("search.run", ["--resume", "--run-dir", str(readonly), "--trials", "8"])
+        resumed = cli_result(search.run, ["--resume", "--run-dir", str(readonly), "--trials", "8"])
         assert _one_error(resumed).startswith(f"error: cannot write in run directory {readonly}: Read-only file system")
-        new = _cli("search.run", ["--strategy", QUICK, "--run-dir", str(readonly / "new")])
+        new = cli_result(search.run, ["--strategy", QUICK, "--run-dir", str(readonly / "new")])
         assert _one_error(new).startswith(f"error: cannot write run directory {readonly / 'new'}: Read-only file system")
         assert resumed.stdout == new.stdout == "", "refused before Ray started: nothing announced, nothing trained"
         assert _snapshot(readonly) == before

@@ -38,7 +38,7 @@ from search.study.artifacts import read_result
 from search.study.lock import LOCK_FILE
 from search.study.storage import INTERRUPTED, finished
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import cli, load, progress_lines, run, study_env
+from tests.helpers import cli_result, load, progress_lines, run, study_env
 
 QUICK = "tests.strategies_for_tests:Quick"
 NAP = "tests.strategies_for_tests:Nap"
@@ -89,12 +89,6 @@ def _one_error(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def _refused(args: list[str]) -> subprocess.CompletedProcess[str]:
-    """``search.run args`` in-process (:func:`tests.helpers.cli`), for command lines refused before Ray
-    starts: the entry point's code without 3 s of interpreter start (the tests below run it as a command)."""
-    return subprocess.CompletedProcess(args, *cli(search.run, args))
-
-
 def _start(args: list[str], out: Path) -> subprocess.Popen[bytes]:
     """``python -m search.run`` in a session of its own, stdout and stderr to files (``out``.out / .err)."""
     return subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=PROJECT_ROOT, env=study_env(),
@@ -115,7 +109,7 @@ def test_resume_refuses_a_missing_storage_and_keeps_the_models(finished_run: Pat
     shutil.copytree(finished_run, copy)
     (copy / rundir.STORAGE_FILE).unlink()
     before = _snapshot(copy)
-    line = _one_error(_refused(["--resume", "--run-dir", str(copy), "--trials", "4", *cache]))
+    line = _one_error(cli_result(search.run, ["--resume", "--run-dir", str(copy), "--trials", "4", *cache]))
     assert line.startswith(f"error: study storage {copy / rundir.STORAGE_FILE} does not exist")
     assert _snapshot(copy) == before and not (copy / rundir.STORAGE_FILE).exists()
 
@@ -124,7 +118,7 @@ def test_resume_refuses_a_missing_storage_and_keeps_the_models(finished_run: Pat
 
     optuna.create_study(storage=rundir.storage_url(copy), study_name="someone-else")
     before = _snapshot(copy)
-    line = _one_error(_refused(["--resume", "--run-dir", str(copy), "--trials", "4", *cache]))
+    line = _one_error(cli_result(search.run, ["--resume", "--run-dir", str(copy), "--trials", "4", *cache]))
     assert "is not in its storage" in line and "nothing to resume" in line
     assert _snapshot(copy) == before
 
@@ -241,7 +235,7 @@ def test_a_storage_that_is_not_optunas_is_refused_untouched(kind: str, tmp_path:
         path.write_bytes(b"PK\x03\x04 a zip, say" * 10)
         url = f"sqlite:///{path}"
     before = path.read_bytes()
-    line = _one_error(_refused(["--strategy", QUICK, "--storage", url, "--run-dir", str(tmp_path / "run"), *cache]))
+    line = _one_error(cli_result(search.run, ["--strategy", QUICK, "--storage", url, "--run-dir", str(tmp_path / "run"), *cache]))
     assert "refusing to" in line
     assert path.read_bytes() == before and not (tmp_path / "run").exists()
 

@@ -11,7 +11,7 @@ import search.inspect
 from search.errors import SearchError
 from search.relu import relu_count, relu_table, stage_totals
 from search.spaces import build_model, list_models
-from tests.helpers import cli
+from tests.helpers import cli_result
 
 
 def test_resnet18_counts_per_stage_at_32() -> None:
@@ -61,10 +61,10 @@ Runs = dict[tuple[str, ...], subprocess.CompletedProcess[str]]
 
 @pytest.fixture(scope="module")
 def inspected() -> Runs:
-    """``search.inspect`` with each command line of the tests below, in-process (:func:`tests.helpers.cli`;
+    """``search.inspect`` with each command line of the tests below, in-process (:func:`tests.helpers.cli_result`;
     other tests run its entry point as a command); each test checks the result of its own."""
     lines = [args for args, _ in TOTALS] + [DEFAULTS] + [args for args, _ in BAD_INPUT]
-    return {tuple(args): subprocess.CompletedProcess(args, *cli(search.inspect, args)) for args in lines}
+    return {tuple(args): cli_result(search.inspect, args) for args in lines}
 
 
 @pytest.mark.parametrize(("args", "expected"), TOTALS)
