@@ -54,6 +54,9 @@ def test_each_result_is_handed_over_before_the_next_budget_trains(tmp_path: Path
     assert [p["budget"] for p in points] == [920, 1840]
     assert all(p["relus"] <= p["budget"] and p["model_path"] == f"trials/0/model-{p['budget']}.pt" for p in points)
     assert sorted(models) == ["model-1840.pt", "model-920.pt", "model.pt"]
+    # The log names each model where the run directory keeps it, not the trial's temporary folder.
+    assert [line for line in lines if line.startswith("saved ")] == [
+        "saved trials/0/model.pt", "saved trials/0/model-920.pt", "saved trials/0/model-1840.pt"]
     # Path finetuning is its own phase, which the rung rule never judges as the trial's result.
     assert {e.phase for e in events} == {"teacher", "mask", "finetune", "path"} and "path" not in FINAL_PHASES
 

@@ -68,7 +68,8 @@ def test_study_stores_a_pareto_front(mixed: tuple[Path, subprocess.CompletedProc
         assert 0.0 <= attrs["test_acc"] <= 1.0 and attrs["seconds"] > 0 and attrs["node_ip"]
         model, payload = load_model(run_dir / attrs["model_path"])
         assert relu_count(model, (1, 8, 8)) == attrs["relus"] == payload["info"]["relus"] <= 3000
-        assert (run_dir / attrs["model_path"]).with_name("log.txt").read_text().strip()
+        log = (run_dir / attrs["model_path"]).with_name("log.txt").read_text()
+        assert log.splitlines()[-1] == f"saved {attrs['model_path']}", "the model where the run keeps it, not a temporary path"
         assert (attrs["val_images"], attrs["test_images"]) == (len(digits.val), len(digits.test))
     # Both test strategies start from the cached teacher: every trial records that teacher, the report's baseline.
     teachers = {(t.user_attrs["teacher_val_acc"], t.user_attrs["teacher_test_acc"]) for t in complete}

@@ -149,6 +149,9 @@ def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], nod
         rungs = path_budgets(job.budget, spec.budget or prepared.full_relus, spec.path_rungs) if shared else []  # type: ignore[arg-type]
         with tempfile.TemporaryDirectory(prefix="search-trial-") as tmp:
             job.out = str(Path(tmp) / MODEL_FILE)
+            home = trial_model_path("", number)  # trials/<n>/model.pt, relative to the run directory
+            renames = {str(budget_path(job.out, job.budget)): str(home)} if rungs else {}  # the target's model: model.pt
+            log = _naming_the_run_dir(log, {**renames, tmp: str(home.parent)})
             if rungs:
                 return _run_path(spec, prepared, data, [job.budget, *rungs], metrics, number, start, log, on_partial)  # type: ignore[list-item]
             result = execute(prepared, log=log, data=data)
@@ -172,6 +175,19 @@ def _run_one(spec: TrialSpec, decided: dict[str, Any], log_lines: list[str], nod
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         metrics.update(status="failed", reason=f"{type(err).__name__}: {first}".rstrip(": "), seconds=time.perf_counter() - start)
         return metrics, {}
+
+
+def _naming_the_run_dir(log: Callable[[str], None], renames: dict[str, str]) -> Callable[[str], None]:
+    """``log`` with the trial's temporary files named as the run directory keeps them (``renames``, in
+    order: temporary path -> ``trials/<n>/...``): the pipeline logs ``saved <path>`` for each model
+    it writes, and the trial's log.txt should not point at a folder that is gone."""
+
+    def named(line: str) -> None:
+        for temporary, kept in renames.items():
+            line = line.replace(temporary, kept)
+        log(line)
+
+    return named
 
 
 def path_budgets(target: int, cap: int, rungs: tuple[int, ...]) -> list[int]:
