@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from search.checkpoint import save_model
 from search.data import Dataset, Loader, dataset_info, load_dataset
 from search.errors import SearchError
@@ -130,8 +132,8 @@ def budget_path(out: str | Path, budget: int) -> Path:
 
 
 def _context(prepared: Prepared, log: Callable[[str], None], data: Dataset | None) -> tuple[Context, dict[str, Any]]:
-    """The strategy's Context (data loaded, the teacher fetched on first use) and the teacher's record,
-    filled once the teacher is fetched."""
+    """The strategy's Context (data loaded, the teacher fetched on first use and the same module after,
+    however many of a strategy's helpers ask for it) and the teacher's record, filled once fetched."""
     job = prepared.job
     device = pick_device(job.device)
     seed_everything(job.seed)
@@ -139,11 +141,14 @@ def _context(prepared: Prepared, log: Callable[[str], None], data: Dataset | Non
     cache_dir = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
     recipe = prepared.teacher_recipe
     teacher_record: dict[str, Any] = {}
+    fetched: list[nn.Module] = []
 
-    def teacher():  # type: ignore[no-untyped-def]
-        model, record = get_teacher(prepared.model_name, prepared.model_options, data, recipe, device, cache_dir, log)
-        teacher_record.update(record)
-        return model
+    def teacher() -> nn.Module:
+        if not fetched:
+            model, record = get_teacher(prepared.model_name, prepared.model_options, data, recipe, device, cache_dir, log)
+            teacher_record.update(record)
+            fetched.append(model)
+        return fetched[0]
 
     ctx = Context(prepared.model_name, prepared.model_options, data, job.budget, device, job.seed, teacher, cache_dir, log,
                   early_stop=job.early_stop, train_overrides=job.train_options)

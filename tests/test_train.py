@@ -234,3 +234,15 @@ def test_teacher_and_train_options_on_the_command_line() -> None:
     code, out, err = cli(search.linearize, [*base, "--set", "teacher.shedule=step"])
     assert code == 2 and out == ""
     assert err.startswith("error: unknown option 'shedule' for the teacher recipe") and "schedule" in err
+
+
+def test_a_strategy_asking_twice_for_the_teacher_gets_it_fetched_once(tmp_path: Path) -> None:
+    # Quick asks for the teacher twice: to copy its weights and to distil from it
+    lines: list[str] = []
+    job = Job("tests.strategies_for_tests:Quick", "digits", teacher_epochs=1, cache_dir=str(tmp_path))
+    result = execute(prepare(job), log=lines.append)
+    assert sum(line.startswith(("teacher resnet_tiny from cache", "training teacher")) for line in lines) == 1, lines
+    again: list[str] = []
+    execute(prepare(job), log=again.append)  # now cached: read once too
+    assert [line.startswith("teacher resnet_tiny from cache") for line in again].count(True) == 1, again
+    assert result.teacher["cached"] is False
