@@ -42,12 +42,13 @@ from search.pipeline import full_relu_count
 from search.relu import relu_table
 from search.settings import Routed, parse_budget, split_settings
 from search.spaces import build_model
-from search.strategies import Strategy, get_strategy, list_strategies
+from search.strategies import OverBudget, Strategy, get_strategy, list_strategies
 from search.study import cluster, rundir
 from search.study.samplers import SAMPLERS, make_sampler
+from search.study.space import define_space, enqueue_defaults, unsampled_options
 from search.study.storage import check_storage, check_study, create_study, open_storage, pareto_trials
 from search.study.timeshare import check_minutes
-from search.study.trial import PATH_RUNGS, TrialSpec
+from search.study.trial import PATH_RUNGS, TRIAL_KEY, TrialSpec, path_budgets
 from search.teacher import default_cache_dir
 from search.train import pick_device, teacher_config
 
@@ -440,7 +441,26 @@ def plan_run(args: argparse.Namespace) -> tuple[Plan, Dataset]:
         rundir.check_new_run_dir(run_dir)
         check_storage(settings.storage, must_exist=False)
     check_writable_dir(args.cache_dir if args.cache_dir is not None else default_cache_dir(), cache_option(args.cache_dir))
+    check_fixed_plans(settings, strategies)
     return Plan(run_dir, settings, strategies, chosen, new=not args.resume), data
+
+
+def check_fixed_plans(settings: rundir.RunSettings, strategies: dict[str, Strategy]) -> None:
+    """A strategy for which the study samples nothing (every option it searches fixed with ``--set``,
+    no ReLU target) runs one plan in every trial: when the checks its ``run`` makes before training
+    refuse that plan (a DeepReDuce plan over the budget), the run is refused now, before Ray starts,
+    rather than recording every trial of it infeasible."""
+    info = dataset_info(settings.dataset)
+    fixed = settings.extra.get("fixed_options", {})
+    for name, strategy in strategies.items():
+        options = unsampled_options(strategy, settings.budget or settings.full_relus, settings.dataset, fixed.get(name, {}),
+                                    settings.model, settings.model_options)
+        if options is None:
+            continue
+        try:
+            strategy.preview(settings.model, settings.model_options, info, settings.budget, options)
+        except SearchError as err:
+            raise SearchError(f"every trial of {name} would run the same plan (--set fixes all it searches): {err}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -504,9 +524,6 @@ def first_trials(plan: Plan, verbose: bool, path_sharing: bool) -> dict[str, tup
     them, in an in-memory study: its default recipe enqueued, the options that recipe leaves open
     sampled by the run's sampler and seed; its budget the target where the strategy trains to one
     (and, with ``path_sharing``, the larger ones along its path), else the study's."""
-    from search.study.searcher import define_space, enqueue_defaults  # imports Ray Tune (not Ray): a dry run's only
-    from search.study.trial import PATH_RUNGS, TRIAL_KEY, path_budgets
-
     settings = plan.settings
     fixed = settings.extra.get("fixed_options", {})
     cap = settings.budget or settings.full_relus
@@ -557,8 +574,13 @@ def print_estimates(args: argparse.Namespace, plan: Plan, data: Dataset) -> None
         shown = ", ".join(f"{b:,}" for b in budgets) or "none"
         target = f"target{'s' if len(budgets) > 1 else ''} {shown} ReLUs" if strategy.trains_to_budget else f"budget {shown}"
         print(f"first trial of {name} (its default recipe; what it leaves open, sampled; {target}): {show_options(options)}")
-        phases, unknown = strategy_phases(strategy, options, settings.model, settings.model_options, info, budgets,
-                                          extra.get("train_options", {}))
+        try:
+            phases, unknown = strategy_phases(strategy, options, settings.model, settings.model_options, info, budgets,
+                                              extra.get("train_options", {}))
+        except OverBudget as over:  # only this trial's: a strategy with nothing sampled was refused by check_fixed_plans
+            print(f"  the study records this trial infeasible, untrained ({over}); the trials it samples after it may fit")
+            trials[name] = None
+            continue
         trials[name] = report(phases, estimator, unknown or unavailable, total="estimate of the trial",
                               say=lambda line: print(f"  {line}"))
     print(study_estimate(args, settings, trials, teacher_seconds))

@@ -31,7 +31,7 @@ from search.strategies.stages import (
     model_stages,
     residual_blocks,
 )
-from search.study.searcher import define_space
+from search.study.space import define_space
 from search.study.trial import TRIAL_KEY
 from tests.conftest import PROJECT_ROOT
 

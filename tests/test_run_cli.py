@@ -17,7 +17,7 @@ import pytest
 from search.cli import run_main
 from search.run import build_parser, main
 from search.study import rundir
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, quick_estimates
 
 QUICK = "tests.strategies_for_tests:Quick"
 
@@ -62,6 +62,24 @@ def test_bad_input_is_one_error_line(argv: list[str], expected: str, tmp_path: P
     line = fails([*argv, "--run-dir", str(tmp_path / "run")] if "--resume" not in argv else argv, capsys)
     assert expected in line
     assert not (tmp_path / "run" / rundir.SETTINGS_FILE).exists()
+
+
+def test_a_strategy_with_every_searched_option_fixed_over_the_budget_is_refused_before_ray(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fixed = ["--set", "cull=S1", "--set", "thin=true", "--set", "alpha=1", "--set", "rho=1"]
+    line = fails(["--strategy", "deepreduce", "--budget", "100", *fixed, "--run-dir", str(tmp_path / "run")], capsys)
+    assert line == ("error: every trial of deepreduce would run the same plan (--set fixes all it searches): deepreduce plan "
+                    "cull=S1 thin=true alpha=1 rho=1 has 768 ReLUs, over the budget of 100; cull more stages, thin, lower "
+                    "alpha or rho, or leave them unset so the budget picks them")
+    assert not (tmp_path / "run").exists()
+    # with thin, alpha and rho left to the sampler, some trials may fit: the run is not refused (checked by dry run)
+    with quick_estimates(), pytest.raises(SystemExit) as exit_info:
+        run_main(main, ["--strategy", "deepreduce", "--budget", "100", "--set", "cull=S1", "--run-dir", str(tmp_path / "run"), "--dry-run"])
+    out = capsys.readouterr()
+    assert exit_info.value.code == 0, out
+    assert "  the study records this trial infeasible, untrained (deepreduce plan cull=S1 thin=true alpha=1 rho=1 has 768 " \
+           "ReLUs, over the budget of 100" in out.out, out
+    assert out.out.rstrip().endswith("study estimate: unavailable: no estimate of deepreduce (see above)") and out.err == ""
 
 
 def test_unreachable_address_fails_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

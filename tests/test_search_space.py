@@ -11,7 +11,8 @@ import pytest
 
 from search.strategies import get_strategy
 from search.strategies.snl import RELEASED_DEFAULTS, SNLOptions
-from search.study.searcher import TRIAL_KEY, define_space, enqueue_defaults
+from search.study.space import define_space, enqueue_defaults, unsampled_options
+from search.study.trial import TRIAL_KEY
 from tests.conftest import PROJECT_ROOT
 
 
@@ -73,3 +74,13 @@ def test_deepreduce_samples_only_the_reshaping_its_model_declares(model: str, sa
     decided = space(study.ask())[TRIAL_KEY]
     assert "error" not in decided, decided
     assert {"alpha", "rho"} & set(decided["options"]) == sampled
+
+
+def test_unsampled_options_only_where_the_study_samples_nothing_for_the_strategy() -> None:
+    deepreduce, snl = get_strategy("deepreduce"), get_strategy("snl")
+    plan = {"cull": ("S1",), "thin": True, "alpha": 0.5, "rho": 1}
+    options = unsampled_options(deepreduce, 4_608, "digits", plan, "resnet_tiny", {})
+    assert options == deepreduce.parse_options(plan)  # every trial would run this plan
+    partly = {key: value for key, value in plan.items() if key != "alpha"}
+    assert unsampled_options(deepreduce, 4_608, "digits", partly, "resnet_tiny", {}) is None  # alpha is sampled
+    assert unsampled_options(snl, 4_608, "digits", {"lam": 0.01, "granularity": "pixel"}, "resnet_tiny", {}) is None  # its target is

@@ -3,7 +3,8 @@
 Modules, from the driver down to one trial:
 
 - :mod:`~search.study.engine`: ``run_study``, the Tuner around the searcher;
-- :mod:`~search.study.searcher`: the define-by-run space and the Optuna searcher that records trials;
+- :mod:`~search.study.searcher`: the Optuna searcher that records trials;
+- :mod:`~search.study.space`: the define-by-run space, and which options a run leaves unsampled (no Ray);
 - :mod:`~search.study.storage`: storage URLs, recording trials, resume bookkeeping (no Ray);
 - :mod:`~search.study.samplers`: the Optuna samplers by name (no Ray);
 - :mod:`~search.study.halving`: the rung rule that stops dominated trials;

@@ -34,7 +34,8 @@ from search.study import cluster
 from search.study.artifacts import start_store
 from search.study.halving import Rungs, rung_scheduler
 from search.study.samplers import make_sampler
-from search.study.searcher import StudySearcher, define_space, enqueue_defaults
+from search.study.searcher import StudySearcher
+from search.study.space import define_space, enqueue_defaults
 from search.study.storage import (
     STORAGE_ERRORS,
     existing_trials,
