@@ -6,6 +6,7 @@ Validation (:func:`prepare`) touches no data and trains nothing, so bad input fa
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -141,14 +142,12 @@ def _context(prepared: Prepared, log: Callable[[str], None], data: Dataset | Non
     cache_dir = Path(job.cache_dir) if job.cache_dir else default_cache_dir()
     recipe = prepared.teacher_recipe
     teacher_record: dict[str, Any] = {}
-    fetched: list[nn.Module] = []
 
+    @functools.cache
     def teacher() -> nn.Module:
-        if not fetched:
-            model, record = get_teacher(prepared.model_name, prepared.model_options, data, recipe, device, cache_dir, log)
-            teacher_record.update(record)
-            fetched.append(model)
-        return fetched[0]
+        model, record = get_teacher(prepared.model_name, prepared.model_options, data, recipe, device, cache_dir, log)
+        teacher_record.update(record)
+        return model
 
     ctx = Context(prepared.model_name, prepared.model_options, data, job.budget, device, job.seed, teacher, cache_dir, log,
                   early_stop=job.early_stop, train_overrides=job.train_options)

@@ -48,7 +48,7 @@ class PinnedTrial:
 
 
 def suggest_options(strategy: Strategy, trial: optuna.Trial, target: int, dataset: str, fixed: Mapping[str, Any],
-             model: str | None, model_options: Mapping[str, Any]) -> dict[str, Any]:
+                    model: str | None, model_options: Mapping[str, Any]) -> dict[str, Any]:
     """``strategy.suggest`` on a :class:`PinnedTrial`, told the dataset, the fixed options and the
     study's model and its options where its signature takes them (a plug-in need not)."""
     accepted = inspect.signature(strategy.suggest).parameters
@@ -58,7 +58,8 @@ def suggest_options(strategy: Strategy, trial: optuna.Trial, target: int, datase
 
 
 def define_space(strategies: dict[str, Strategy], cap: int, dataset: str, fixed: Mapping[str, Mapping[str, Any]] | None = None,
-                 model: str | None = None, model_options: Mapping[str, Any] | None = None) -> Callable[[optuna.Trial], dict[str, Any]]:
+                 model: str | None = None,
+                 model_options: Mapping[str, Any] | None = None) -> Callable[[optuna.Trial], dict[str, Any]]:
     """Define-by-run space: the strategy (a categorical when there are several), a ReLU target for
     strategies that use one (``Strategy.uses_target``), then the strategy's own options, except those
     ``fixed`` (per strategy, from ``--set``), which are never sampled.
@@ -78,7 +79,8 @@ def define_space(strategies: dict[str, Strategy], cap: int, dataset: str, fixed:
         target = trial.suggest_int(TARGET_PARAM, max(1, cap // 100), cap, log=True) if strategies[name].uses_target else cap
         decided: dict[str, Any] = {"strategy": name, "options": {}, "number": trial.number, "target": target}
         try:
-            decided["options"] = suggest_options(strategies[name], trial, target, dataset, fixed.get(name, {}), model, model_options or {})
+            decided["options"] = suggest_options(strategies[name], trial, target, dataset, fixed.get(name, {}), model,
+                                                  model_options or {})
         except Exception as err:  # a strategy's bug: the trial reports it as its failure
             decided["error"] = f"{name}.suggest raised {type(err).__name__}: {err}"
         return {TRIAL_KEY: decided}
