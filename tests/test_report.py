@@ -490,6 +490,18 @@ def test_a_strategy_alone_in_a_row_wins_it(tmp_path: Path) -> None:
     assert row.cells["deepreduce"] is None and row.winners == ("snl",)
 
 
+def test_a_report_of_one_strategy_names_no_winner(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", STUDY_B, ["cryptonas"], "one")
+    report = make_report([run])
+    rows = [row for ladder in (report.relu_ladder, *report.latency_ladders) for row in ladder.rows]
+    assert any(row.leaders == ("cryptonas",) for row in rows)
+    assert all(row.winners == () and row.margin is None for row in rows)
+    write_report([run])
+    md = (run / "report.md").read_text()
+    assert "★" not in md and "| winner |" not in md and "nothing to compare it with" in md
+    assert "| limit |   | cryptonas |\n" in md and "| ≤ 5,000 | 50% of 10,000 | 93.00% [" in md
+
+
 def test_run_without_the_records_still_reports(tmp_path: Path) -> None:
     """A run written before the teacher and split sizes were recorded: no baseline, no intervals, leads not judged."""
     old = make_run(tmp_path / "old", STUDY_A, ["snl", "deepreduce"], "old", split=None, teacher=None)

@@ -22,7 +22,8 @@ nothing of substance. Conventions fixed here, and stated in every rendering:
   the winner only where its lead is more than noise: its validation interval (below) does not overlap
   that of any other series in the row. Otherwise the series whose intervals overlap the leader's are
   "within noise" and no winner is named; where a run did not record its split sizes there are no
-  intervals and the lead is not judged. A series alone in a row wins it.
+  intervals and the lead is not judged. A series alone in a row wins it; a report of one series has
+  nothing to compare, so it names no winner and no margin.
 - Every accuracy carries a 95 % Wilson score interval (binomial) for the number of images in its
   split (:mod:`search.reporting.intervals` says why Wilson), taken from the trials' ``val_images``
   and ``test_images`` attributes.
@@ -57,6 +58,7 @@ LADDER_RULE = (
     "other strategy in the row. Otherwise the strategies whose intervals overlap the leader's are marked ≈ "
     "(within noise) and no winner is named. Margin = the leader's lead in accuracy points over the next strategy."
 )
+ALONE_RULE = "With one strategy in the report there is nothing to compare it with, so no row names a winner."
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,11 @@ class Ladder:
     title: str
     note: str
     rows: tuple[LadderRow, ...]
+
+    @property
+    def compares(self) -> bool:
+        """More than one series: only then does a row have a winner or a margin to show."""
+        return any(len(row.cells) > 1 for row in self.rows)
 
 
 @dataclass(frozen=True)
@@ -579,6 +586,8 @@ def _ladder_row(label: str, detail: str, limit: int, eligible: list[TrialRow], n
         return LadderRow(label, detail, limit, cells, (), None, None)
     best = scores[0][0]
     leaders = tuple(n for n in names if n in present and best - present[n].val_acc <= TIE)  # type: ignore[operator]
+    if len(names) == 1:  # nothing to compare: a leader, but no judgement and no margin
+        return LadderRow(label, detail, limit, cells, leaders, None, None)
     others = [s for s, n in scores if n not in leaders]
     margin = (best - others[0]) if others else (0.0 if len(leaders) > 1 else None)
     contenders: tuple[str, ...] | None = None
@@ -588,6 +597,11 @@ def _ladder_row(label: str, detail: str, limit: int, eligible: list[TrialRow], n
             and any(present[n].val_interval.overlaps(present[lead].val_interval) for lead in leaders)  # type: ignore[union-attr,arg-type]
         )
     return LadderRow(label, detail, limit, cells, leaders, contenders, margin)
+
+
+def _rule(names: list[str]) -> str:
+    """How a ladder's rows are judged: between strategies, or not at all for one alone."""
+    return LADDER_RULE if len(names) > 1 else ALONE_RULE
 
 
 def _relu_ladder(eligible: list[TrialRow], names: list[str], full_relus: int, most: int, budgets: set[int]) -> Ladder:
@@ -603,7 +617,7 @@ def _relu_ladder(eligible: list[TrialRow], names: list[str], full_relus: int, mo
     return Ladder(
         "Best validation accuracy at ≤ B ReLUs",
         "Budgets are fractions of the full model's ReLU count; each cell is the best finished, feasible trial "
-        f"within the budget. {LADDER_RULE}",
+        f"within the budget. {_rule(names)}",
         rows,
     )
 
@@ -620,7 +634,7 @@ def _latency_ladder(eligible: list[TrialRow], names: list[str], full_relus: int,
     return Ladder(
         f"Best validation accuracy at equal estimated PI latency ({cost.name})",
         f"{cost.name}: {cost.online_us_per_relu:g} us and {cost.online_bytes_per_relu:,.0f} B online per ReLU. "
-        f"Latency is linear in the ReLU count under this model, so each row is a ReLU budget read as seconds. {LADDER_RULE}",
+        f"Latency is linear in the ReLU count under this model, so each row is a ReLU budget read as seconds. {_rule(names)}",
         tuple(rows),
     )
 

@@ -117,15 +117,15 @@ def _baseline(report: Report) -> Section:
 
 def _ladder(report: Report, ladder: Ladder) -> Section:
     names = [s.name for s in report.series]
-    headers = ("limit", "") + tuple(names) + ("winner", "margin")
+    headers = ("limit", "") + tuple(names) + (("winner", "margin") if ladder.compares else ())
     rows = []
     for row in ladder.rows:
         cells = [_c(row.label), _c(row.detail)]
         for name in names:
             mark = "★" if name in row.winners else "≈" if name in row.within_noise else ""
             cells.append(_ladder_cell(row.cells[name], mark, len(report.runs) > 1))
-        cells.append(_c(_verdict(row)))
-        cells.append(_c(text.points(row.margin)))
+        if ladder.compares:
+            cells += [_c(_verdict(row)), _c(text.points(row.margin))]
         rows.append(tuple(cells))
     return Section(ladder.title, (ladder.note, Table(headers, tuple(rows))))
 
