@@ -37,7 +37,7 @@ from search.settings import parse_budget, parse_budgets
 from search.spaces import build_model
 from search.teacher import teacher_key
 from search.train import teacher_config
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, quick_estimates
 
 
 def listing(root: Path) -> list[str]:
@@ -139,11 +139,13 @@ DEEP = [(search.pipeline, "get_teacher"), (search.strategies.snl, "fit"), (searc
 
 
 def run_cli(module: object, argv: list[str], cwd: Path, deep: bool = False) -> tuple[int, str, str]:
-    """``run_main(module.main, argv)`` in-process from ``cwd``, with training replaced by a tripwire."""
+    """``run_main(module.main, argv)`` in-process from ``cwd``, with training replaced by a tripwire and a
+    dry run's estimate timing one small step (what it prints is checked here, its accuracy in test_dry_run)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.ExitStack() as stack:
         for owner, name in DEEP if deep else SHALLOW[module]:
             stack.enter_context(mock.patch.object(owner, name, _tripwire))
+        stack.enter_context(quick_estimates())
         stack.enter_context(contextlib.chdir(cwd))
         stack.enter_context(redirect_stdout(out))
         stack.enter_context(redirect_stderr(err))
