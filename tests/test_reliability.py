@@ -13,11 +13,13 @@ both tests there).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -62,12 +64,31 @@ def _wait_for_line(driver: subprocess.Popen[str], prefix: str, deadline: float) 
     raise AssertionError(f"the driver never printed a line starting {prefix!r}")
 
 
+def _running_trials(run_dir: Path) -> set[int]:
+    """The numbers of the trials the study's storage holds RUNNING, read with sqlite3, read-only (it waits
+    out the driver's writes and never creates the file); none while the storage is not created yet."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{run_dir / 'study.db'}?mode=ro", uri=True, timeout=30)) as db:
+            return {number for (number,) in db.execute("SELECT number FROM trials WHERE state = 'RUNNING'")}
+    except sqlite3.OperationalError:  # no file, or its tables not written yet
+        return set()
+
+
+def _wait_for_a_new_running_trial(run_dir: Path, driver: subprocess.Popen[str], before: set[int], deadline: float) -> None:
+    """Until a trial other than those RUNNING ``before`` the driver started (left by a kill) is RUNNING."""
+    while time.monotonic() < deadline and driver.poll() is None:
+        if _running_trials(run_dir) - before:
+            return
+        time.sleep(0.2)
+    raise AssertionError("no trial started before the driver ended or the deadline passed")
+
+
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, cache: list[str]) -> tuple[Path, dict[int, tuple[object, ...]], int, str]:
     """A 4-trial study whose driver is SIGKILLed three times at seeded random points (1 to 7 s after
-    it announced its run directory, i.e. during Ray's start, Tune's start or a trial), each kill
-    followed by ``--resume``, the last one left to finish (asking for half a GPU per trial, which a
-    CPU-only Ray must drop, saying so). Returns the run directory, every trial seen finished after
+    it announced its run directory, i.e. during Ray's start or Tune's start; the second one 0 to 1 s
+    after a trial is RUNNING, so one always lands mid-trial), each kill followed by ``--resume``, the
+    last one left to finish (asking for half a GPU per trial, which a CPU-only Ray must drop, saying so). Returns the run directory, every trial seen finished after
     some kill (number -> record), how many kills left a trial RUNNING, and the last resume's stderr."""
     run_dir = tmp_path_factory.mktemp("kills") / "run"
     first = ["--strategy", QUICK, "--trials", "4", "--run-dir", str(run_dir), "--teacher-epochs", "2", "--concurrency", "2", *cache]
@@ -76,10 +97,13 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, cache: list[str
     kept: dict[int, tuple[object, ...]] = {}
     mid_trial = 0
     for kill in range(3):
+        left_running = _running_trials(run_dir) if run_dir.exists() else set()
         driver = start_run(first if kill == 0 else resume)
         try:
             _wait_for_line(driver, "run directory", time.monotonic() + 120)
-            time.sleep(rng.uniform(1.0, 7.0))
+            if kill == 1:  # within a second of a trial's start: long before its worker has even imported torch
+                _wait_for_a_new_running_trial(run_dir, driver, left_running, time.monotonic() + 120)
+            time.sleep(rng.uniform(0.0, 1.0) if kill == 1 else rng.uniform(1.0, 7.0))
             driver.send_signal(signal.SIGKILL)
             driver.wait(30)
         finally:
