@@ -88,8 +88,9 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, cache: list[str
     """A 4-trial study whose driver is SIGKILLed three times at seeded random points (1 to 7 s after
     it announced its run directory, i.e. during Ray's start or Tune's start; the second one 0 to 1 s
     after a trial is RUNNING, so one always lands mid-trial), each kill followed by ``--resume``, the
-    last one left to finish (asking for half a GPU per trial, which a CPU-only Ray must drop, saying so). Returns the run directory, every trial seen finished after
-    some kill (number -> record), how many kills left a trial RUNNING, and the last resume's stderr."""
+    last one left to finish (asking for half a GPU per trial, which a CPU-only Ray must drop, saying
+    so). Returns the run directory, every trial seen finished after some kill (number -> record), how
+    many kills left a trial RUNNING, and the last resume's stderr."""
     run_dir = tmp_path_factory.mktemp("kills") / "run"
     first = ["--strategy", QUICK, "--trials", "4", "--run-dir", str(run_dir), "--teacher-epochs", "2", "--concurrency", "2", *cache]
     resume = ["--resume", "--run-dir", str(run_dir), *cache]
@@ -97,7 +98,7 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, cache: list[str
     kept: dict[int, tuple[object, ...]] = {}
     mid_trial = 0
     for kill in range(3):
-        left_running = _running_trials(run_dir) if run_dir.exists() else set()
+        left_running = _running_trials(run_dir)
         driver = start_run(first if kill == 0 else resume)
         try:
             _wait_for_line(driver, "run directory", time.monotonic() + 120)

@@ -140,8 +140,10 @@ class LadderRow:
 
     @property
     def winners(self) -> tuple[str, ...]:
-        """The leader, where no other series is within noise of it; else nobody."""
-        return self.leaders if len(self.leaders) == 1 and self.contenders == self.leaders else ()
+        """The leader, where no other series is within noise of it; else nobody, and nobody where the
+        report has one series (nothing to compare)."""
+        alone = len(self.cells) == 1
+        return self.leaders if not alone and len(self.leaders) == 1 and self.contenders == self.leaders else ()
 
     @property
     def within_noise(self) -> tuple[str, ...]:
@@ -586,8 +588,6 @@ def _ladder_row(label: str, detail: str, limit: int, eligible: list[TrialRow], n
         return LadderRow(label, detail, limit, cells, (), None, None)
     best = scores[0][0]
     leaders = tuple(n for n in names if n in present and best - present[n].val_acc <= TIE)  # type: ignore[operator]
-    if len(names) == 1:  # nothing to compare: a leader, but no judgement and no margin
-        return LadderRow(label, detail, limit, cells, leaders, None, None)
     others = [s for s, n in scores if n not in leaders]
     margin = (best - others[0]) if others else (0.0 if len(leaders) > 1 else None)
     contenders: tuple[str, ...] | None = None
