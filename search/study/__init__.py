@@ -10,7 +10,8 @@ Modules, from the driver down to one trial:
 - :mod:`~search.study.halving`: the rung rule that stops dominated trials;
 - :mod:`~search.study.display`: live and plain progress lines in the driver;
 - :mod:`~search.study.timeshare`: equal compute time per strategy;
-- :mod:`~search.study.cluster`: joining or starting Ray, per-trial resources;
+- :mod:`~search.study.cluster`: joining Ray (a cluster, or the local one), per-trial resources;
+- :mod:`~search.study.localray`: the local Ray's head process, started early by the command line;
 - :mod:`~search.study.rundir`: the run directory's layout and settings file;
 - :mod:`~search.study.lock`: one driver per run directory;
 - :mod:`~search.study.reaper`: no process of a local Ray outlives its driver;

@@ -3,8 +3,9 @@
 An unreachable ``--address`` is checked with a plain TCP connection first (a few seconds), because
 ``ray.init`` would otherwise retry for a long time before failing with a traceback. A GPU request on
 a cluster without GPUs would leave every trial pending forever, so it is dropped with a warning. A
-local Ray started here is watched by :mod:`search.study.reaper`, so none of its processes outlives
-the driver, however the driver ends. On a cluster, the user's own modules named by import path
+local Ray runs in a head process of its own (:mod:`search.study.localray`, started early by the command
+line) that the driver joins, and is watched by :mod:`search.study.reaper`, so none of its processes
+outlives the driver, however the driver ends. On a cluster, the user's own modules named by import path
 (``--model pkg.mod:factory``, ``--strategy pkg.mod:Class``) travel with the job (Ray's runtime
 environment, ``py_modules``), so other nodes import them without having them installed.
 """
@@ -25,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.errors import SearchError
-from search.study import reaper
+from search.study import localray, reaper
 
 CONNECT_TIMEOUT_S = 5.0
-_reaper: subprocess.Popen[bytes] | None = None  # watches the local Ray this process started
+_head: localray.LocalRay | None = None  # the local Ray this process joined
+_reaper: subprocess.Popen[bytes] | None = None  # watches it
 _stopping: threading.Thread | None = None  # a background disconnect() under way
 
 
@@ -103,22 +105,58 @@ def user_code(names: Iterable[str]) -> list[str]:
 
 
 def connect(address: str | None, verbose: bool, ship: Sequence[str] = ()) -> bool:
-    """Join the cluster at ``address`` (checked with :func:`check_reachable` first), or start a local
-    Ray; True when this run started Ray. On a cluster, ``ship`` (:func:`user_code`) goes with the job
-    to every node; a local Ray's workers import from the driver's own path already."""
-    import ray
-
+    """Join the cluster at ``address`` (checked with :func:`check_reachable` first), or this run's own
+    local Ray (:func:`localray.take`); True for the local one, which :func:`disconnect` stops. On a
+    cluster, ``ship`` (:func:`user_code`) goes with the job to every node; a local Ray's workers import
+    from the driver's own path already."""
     wait_disconnected()
     level = logging.INFO if verbose else logging.ERROR
+    if address:
+        _join(address, level, verbose, ship)
+    else:
+        _join_local(level, verbose)
+    if not verbose:
+        for name in ("ray", "ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    return not address
+
+
+def _join_local(level: int, verbose: bool) -> None:
+    """Join this run's head (started early, or now) and start the reaper that watches its Ray."""
+    import ray
+
+    global _head, _reaper
+    _head = localray.take()
     try:
-        ray.init(
-            address=address or "local",  # "local": never join a cluster that `ray start` left on this machine
-            include_dashboard=False if not address else None,
-            logging_level=level,
-            log_to_driver=verbose,
-            configure_logging=True,
-            runtime_env={"py_modules": list(ship)} if address and ship else None,
-        )
+        address = _head.address()
+        logging.getLogger("ray").setLevel(level)  # as ray.init sets it, for what Ray logs before that
+        _enable_local_token()
+        ray.init(address=address, logging_level=level, log_to_driver=verbose, configure_logging=True)
+    except BaseException as err:
+        _stop_head()
+        if isinstance(err, (ConnectionError, ray.exceptions.AuthenticationError)):
+            raise SearchError(f"cannot join the local Ray started for this run: {str(err).splitlines()[0]}") from None
+        raise
+    _reaper = reaper.start(ray._private.worker._global_node.get_session_dir_path())
+
+
+def _enable_local_token() -> None:
+    """Token authentication as the head's ``ray.init`` set it up, which Ray's own drivers of a local
+    Ray get only when they find it by themselves (``ray.init()``): enabled, unless RAY_AUTH_MODE says
+    otherwise, with the token the head saved in ~/.ray/auth_token."""
+    try:
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _join(address: str, level: int, verbose: bool, ship: Sequence[str]) -> None:
+    import ray
+
+    try:
+        ray.init(address=address, logging_level=level, log_to_driver=verbose, configure_logging=True,
+                 runtime_env={"py_modules": list(ship)} if ship else None)
     except ConnectionError as err:
         raise SearchError(f"cannot join a Ray cluster at --address {address}: {str(err).splitlines()[0]}") from None
     except ray.exceptions.AuthenticationError:
@@ -126,19 +164,13 @@ def connect(address: str | None, verbose: bool, ship: Sequence[str] = ()) -> boo
             f"the Ray cluster at --address {address} uses token authentication: set RAY_AUTH_MODE=token and make "
             "the cluster's token available (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)"
         ) from None
-    if not verbose:
-        for name in ("ray", "ray.tune", "ray.train"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    if not address:
-        global _reaper
-        _reaper = reaper.start(ray._private.worker._global_node.get_session_dir_path())
-    return not address
 
 
 def disconnect(background: bool = False) -> None:
-    """Shut Ray down; the reaper then stops whatever of the local Ray is left. ``background``: in a
-    thread of its own, so the caller's last work (the summary, the report) overlaps Ray's 1-3 s of
-    stopping processes; :func:`connect`, :func:`wait_disconnected` and the interpreter's exit wait for it."""
+    """Leave Ray, and stop this run's local Ray (its head shuts it down, the reaper stops whatever is
+    left). ``background``: in a thread of its own, so the caller's last work (the summary, the report)
+    overlaps Ray's 1-3 s of stopping processes; :func:`connect`, :func:`wait_disconnected` and the
+    interpreter's exit wait for it."""
     global _stopping
     wait_disconnected()
     if background:
@@ -169,6 +201,7 @@ def _shut_down() -> None:
         if ray.is_initialized():
             ray.shutdown()
     finally:
+        _stop_head()
         if _reaper is not None:
             _reaper.stdin.close()  # type: ignore[union-attr]
             try:
@@ -176,6 +209,13 @@ def _shut_down() -> None:
             except subprocess.TimeoutExpired:  # it goes on alone; the driver need not wait
                 pass
             _reaper = None
+
+
+def _stop_head() -> None:
+    global _head
+    if _head is not None:
+        _head.stop()
+        _head = None
 
 
 def fit_resources(cpus: float, gpus: float | None, warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Resources:

@@ -1,11 +1,13 @@
 """No process of a local Ray outlives the driver that started it.
 
-Ray ties its GCS server and raylet to the driver's life, but not every process they start: after a
-SIGKILL of the driver its dashboard agent, runtime-env agent and idle workers live on. So a study that
+A local Ray's head process stops Ray when its driver ends, and Ray ties its GCS server and raylet to
+the head's life, but not every process they start: after a SIGKILL of the head its dashboard agent,
+runtime-env agent and idle workers live on. So a study that
 starts a local Ray also starts this reaper, in a session of its own (a Ctrl-C or a signal to the
 driver's process group leaves it alone). While the driver lives, the reaper notes, twice a second,
-the driver's children whose command line names the Ray session's directory (GCS, raylet, monitors)
-and all their descendants (agents, workers, trial processes); once the driver is gone, or closes the reaper's stdin at a normal end, it
+the driver's descendants whose command line names the Ray session's directory (GCS, raylet, monitors,
+under the head process of :mod:`search.study.localray`) and all their descendants (agents, workers,
+trial processes); once the driver is gone, or closes the reaper's stdin at a normal end, it
 stops every noted process still running (SIGTERM, then SIGKILL after a grace period), plus any whose
 command line names the Ray session's directory. Process identity is checked by start time, so a
 reused PID is never hit.
@@ -56,8 +58,9 @@ def watch(driver_pid: int, session_dir: str) -> None:
 
 
 def _note(driver: psutil.Process, session_dir: str, seen: dict[int, float]) -> None:
-    """Add the Ray processes under ``driver`` (pid -> start time) to ``seen``."""
-    for child in driver.children():
+    """Add the Ray processes under ``driver`` (pid -> start time) to ``seen``: those of its Ray's head
+    process (:mod:`search.study.localray`), its grandchildren, and theirs."""
+    for child in driver.children(recursive=True):
         try:
             if child.pid == os.getpid() or not any(session_dir in part for part in child.cmdline()):  # not Ray's, or this reaper
                 continue
