@@ -515,14 +515,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _import_ahead() -> None:
-    """What the study and its end need, imported in a thread while the driver waits for Ray (its local
-    Ray's head to come up, or ``ray.init`` to join a cluster): Ray Tune, Optuna's RDB storage and the
-    report's renderers (plotly, matplotlib). The storage imports SQLAlchemy's ORM and Alembic only when
-    one is opened: opening a throwaway in-memory one here takes the study's creation from 1.4 s to 0.3 s."""
+    """What the study needs, imported in a thread while the driver waits for Ray (its local Ray's head
+    to come up, or ``ray.init`` to join a cluster): Ray Tune and Optuna's RDB storage. The storage
+    imports SQLAlchemy's ORM and Alembic only when one is opened: opening a throwaway in-memory one
+    here takes the study's creation from 1.4 s to 0.3 s. The report's renderers (plotly, matplotlib:
+    0.5 s of CPU) are left to the report, written while Ray stops and a core is free; before the
+    study, Ray's start and the driver keep both cores busy."""
     importlib.import_module("search.study.engine")
     optuna.storages.RDBStorage("sqlite:///:memory:")
-    for renderer in ("html", "png"):
-        importlib.import_module(f"search.reporting.{renderer}")
 
 
 def first_trials(plan: Plan, verbose: bool, path_sharing: bool) -> dict[str, tuple[Any, list[int]]]:

@@ -163,6 +163,8 @@ def _serve() -> int:
     """The head: start Ray, say where it is, keep it until stdin ends, stop it."""
     import logging
 
+    # Ray starts idle workers for its first driver, which is this process; they would never run a task.
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     import ray
 
     try:
