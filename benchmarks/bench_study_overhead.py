@@ -117,7 +117,7 @@ def ray_start_cpu(settle_s: float) -> None:
     cluster.quiet(False)
     start = time.perf_counter()
     cluster.connect(None, False)
-    print(f"ray.init: {time.perf_counter() - start:.2f} s wall")
+    print(f"local Ray started and joined: {time.perf_counter() - start:.2f} s wall")
     time.sleep(settle_s)
     driver = psutil.Process()
     rows = []
