@@ -169,11 +169,9 @@ class _FusedSoftMaskedReLU(torch.autograd.Function):
         x, alpha, slope = ctx.saved_tensors
         want_alpha = bool(ctx.needs_input_grad[1])
         slope = slope.expand(x.shape[1:])
-        if is_channels_last(x):  # the kernel walks memory in order: hand it the NHWC views, no copy
-            grad_x, per_position = ctx.fused(grad.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1), slope.permute(1, 2, 0), want_alpha)
-            grad_x = grad_x.permute(0, 3, 1, 2)
-        else:
-            grad_x, per_position = ctx.fused(grad, x, slope, want_alpha)
+        if is_channels_last(x):  # the kernel walks a channels-last batch in its memory order: H, W, C
+            slope = slope.permute(1, 2, 0)
+        grad_x, per_position = ctx.fused(grad, x, slope, want_alpha)
         grad_alpha = _mask_grad(per_position, x, alpha) if want_alpha else None
         return grad_x, grad_alpha, None
 

@@ -243,6 +243,21 @@ def test_fused_kernel_with_a_frozen_mask_and_float32():
     torch.testing.assert_close(fused, aten)
 
 
+@pytest.mark.parametrize("mask_shape", [(8, 6, 6), (8, 1, 1), (1, 1, 1)], ids=["pixel", "channel", "layer"])
+def test_fused_kernel_gives_a_channels_last_batch_its_gradient_in_that_layout_as_a_tensor_of_its_own(mask_shape):
+    """Not a permuted view: autograd adds a residual block's second gradient into the first in place
+    only when that one owns its storage (a view cost an out-of-place add of the whole activation)."""
+    torch.manual_seed(2)
+    x = torch.randn(16, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    alpha = torch.rand(mask_shape, requires_grad=True)
+    grad = torch.randn(16, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    fused = torch.autograd.grad(soft_masked_relu(x, alpha), (x, alpha), grad)
+    aten = torch.autograd.grad(soft_masked_relu(x, alpha, fused=False), (x, alpha), grad)
+    assert fused[0].is_contiguous(memory_format=torch.channels_last) and not fused[0]._is_view()
+    for a, b in zip(fused, aten):
+        torch.testing.assert_close(a, b)
+
+
 def test_suggest_is_define_by_run_with_namespaced_names(tmp_path):
     strategy = get_strategy("snl")
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="snl-suggest")

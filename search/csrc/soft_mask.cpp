@@ -57,16 +57,23 @@ SEARCH_VECTOR_CLONES void backward_block(const scalar_t* __restrict__ grad, cons
 
 }  // namespace
 
-// grad, x: (N, ...); slope: 1 - alpha expanded to one input's shape. Returns grad_x and the mask's
-// gradient per position of one input, summed over the batch (an undefined tensor when not wanted).
+// grad, x: (N, ...); slope: 1 - alpha expanded to one input's shape, in x's memory order (H, W, C for
+// a channels-last x). Returns grad_x, laid out as x, and the mask's gradient per position of one input
+// in that memory order, summed over the batch (an undefined tensor when not wanted).
 std::tuple<at::Tensor, at::Tensor> soft_mask_backward(const at::Tensor& grad, const at::Tensor& x,
                                                       const at::Tensor& slope, bool want_alpha) {
   TORCH_CHECK(grad.device().is_cpu() && x.device().is_cpu() && slope.device().is_cpu(), "CPU tensors only");
   TORCH_CHECK(grad.sizes() == x.sizes(), "grad and x differ in shape");
   TORCH_CHECK(grad.scalar_type() == x.scalar_type() && slope.scalar_type() == x.scalar_type(), "dtypes differ");
   TORCH_CHECK(x.dim() >= 1 && x.size(0) > 0, "x must have a non-empty batch dimension");
-  const at::Tensor g = grad.contiguous();
-  const at::Tensor v = x.contiguous();
+  // A channels-last batch is walked in its own memory order, and grad_x is made in that layout: a
+  // tensor of its own that autograd can add a second gradient into in place (a permuted view of an
+  // NHWC result cannot be, and cost an out-of-place add of the whole activation).
+  const auto format = x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
+                          ? at::MemoryFormat::ChannelsLast
+                          : at::MemoryFormat::Contiguous;
+  const at::Tensor g = grad.contiguous(format);
+  const at::Tensor v = x.contiguous(format);
   const at::Tensor s = slope.contiguous();
   const int64_t batch = v.size(0);
   const int64_t positions = v.numel() / batch;
