@@ -168,6 +168,7 @@ def _serve() -> int:
     import ray
 
     try:
+        # "local": a new Ray, never one that `ray start` left on this machine
         ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     except Exception as err:  # noqa: BLE001 - any failure is reported to the driver in one line
         _say(f"{FAILED} {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip())
