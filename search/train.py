@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search import progress
+from search import heap, progress
 from search.data import Dataset, Loader
 from search.errors import SearchError
 from search.layout import preferred_format
@@ -301,7 +301,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place; keep the weights of the best validation epoch when ``select_best``.
     Training runs channels-last where the device is faster so (:mod:`search.layout`); the model comes
-    back in the usual NCHW layout.
+    back in the usual NCHW layout. On CPU, the process keeps freed memory for the next step from
+    then on (:mod:`search.heap`).
 
     ``teacher`` adds Hinton KD with ``config.kd_weight`` and ``config.kd_temperature``.
     ``on_epoch_end`` returning True stops training after that epoch. ``on_step_end`` returning True
@@ -309,6 +310,8 @@ def fit(
     still runs).
     """
     seed_everything(config.seed)
+    if device.type == "cpu":  # activations live in host memory: reuse it step after step (search.heap)
+        heap.keep_freed_memory()
     step = TrainStep.build(model, config, device, teacher, extra_loss)
     memory_format = step.memory_format
     train_loader = Loader(data.train, data.info, config.batch_size, device, shuffle=True, augment=config.augment, seed=config.seed,
