@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import time
+from dataclasses import replace
 
 import torch
 
@@ -15,7 +16,6 @@ from benchmarks.common import machine
 from search.data import Loader, load_dataset
 from search.spaces import build_model
 from search.train import evaluate, fit, teacher_config
-from dataclasses import replace
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Cost of SNL's soft-masked activation in a full training step, as a ratio to plain ReLU.
 
 One training step = forward, cross-entropy, backward and an Adam step over weights (and masks), on a
-CIFAR ResNet18 at batch 64. Five variants of the same network, timed in the same run, alternated
+CIFAR ResNet18 at batch 64. Six variants of the same network, timed in the same run, alternated
 (a, b, c, d, e, a, b, ...) so load from other processes hits all of them alike; medians are reported:
 
   (a) plain ``nn.ReLU`` modules;
@@ -9,7 +9,12 @@ CIFAR ResNet18 at batch 64. Five variants of the same network, timed in the same
   (c) ``x - a*min(x, 0)`` in plain autograd;
   (d) ``search/masked_relu.py`` with its ATen backward (four vectorised passes; what CUDA uses);
   (e) ReLU sites in soft mode: ``search/masked_relu.py`` with its fused C++ backward (what SNL trains
-      with on a CPU).
+      with on a CPU);
+  (f) the floor under (e): a plain ReLU (ATen's kernels) in an ``autograd.Function`` that, like any
+      soft mask, keeps its input for the backward beside its output, and has no mask.
+
+The process keeps freed memory for the next step (``search/heap.py``), as a trial's does once ``fit``
+runs, so no variant pays page faults for another's allocations.
 
     python -m benchmarks.bench_masked_relu --widths 0.25,1.0 --repeats 15 [--threads 1]
 
@@ -32,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search import heap
 from search.masked_relu import fused_backward, soft_masked_relu
 from search.relu import ReLUSite, sites, trace_shapes
 from search.spaces import build_model
@@ -71,7 +77,29 @@ class _AtenBackward(nn.Module):
         return soft_masked_relu(x, self.alpha, fused=False)
 
 
-def _swap_sites(model: nn.Module, make: Callable[[ReLUSite], nn.Module]) -> nn.Module:
+class _KeepsInput(torch.autograd.Function):
+    """ReLU that keeps its input alive until the backward, as a soft mask must (it needs ``min(x, 0)``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = F.relu(x)
+        ctx.save_for_backward(out, x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out, _ = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0)
+
+
+class ReLUKeepingInput(nn.Module):
+    """A plain ReLU with a soft mask's memory: it keeps its input until the backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _KeepsInput.apply(x)
+
+
+def swap_sites(model: nn.Module, make: Callable[[ReLUSite], nn.Module]) -> nn.Module:
     for site in sites(model):
         path = next(name for name, module in model.named_modules() if module is site)
         parent, _, attr = path.rpartition(".")
@@ -85,18 +113,20 @@ def build_variant(kind: str, width: float, device: torch.device) -> nn.Module:
     model = build_model("resnet18", num_classes=10, input_size=(3, 32, 32), width=width)
     trace_shapes(model, (3, 32, 32))
     if kind == "plain":
-        _swap_sites(model, lambda site: nn.ReLU())
+        swap_sites(model, lambda site: nn.ReLU())
     elif kind == "released":
-        _swap_sites(model, lambda site: _Released(site.mask_shape("pixel")))
+        swap_sites(model, lambda site: _Released(site.mask_shape("pixel")))
     elif kind == "min":
-        _swap_sites(model, lambda site: _MinForm(site.mask_shape("pixel")))
+        swap_sites(model, lambda site: _MinForm(site.mask_shape("pixel")))
     elif kind == "aten":
-        _swap_sites(model, lambda site: _AtenBackward(site.mask_shape("pixel")))
+        swap_sites(model, lambda site: _AtenBackward(site.mask_shape("pixel")))
     elif kind == "fused":
         if fused_backward() is None:
             raise SystemExit("the fused soft-mask kernel could not be built here (see the line above)")
         for site in sites(model):
             site.set_mask(torch.ones(site.mask_shape("pixel")), trainable=True)
+    elif kind == "keeps_input":
+        swap_sites(model, lambda site: ReLUKeepingInput())
     else:
         raise ValueError(kind)
     return model.to(device).train()
@@ -124,6 +154,7 @@ VARIANTS = {
     "c_min_form_autograd": "min",
     "d_aten_backward": "aten",
     "e_fused_kernel": "fused",
+    "f_relu_keeping_its_input": "keeps_input",
 }
 
 
@@ -171,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", default="0.25,1.0")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=15, help="rounds of (a, b, c, d, e)")
+    parser.add_argument("--repeats", type=int, default=15, help="rounds of (a, b, c, d, e, f)")
     parser.add_argument("--steps", type=int, default=2, help="training steps per variant per round")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
@@ -185,6 +216,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    if device.type == "cpu":
+        heap.keep_freed_memory()
     print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}, torch {torch.__version__}")
     print("| width | variant | ms/step (median) | ratio to (a) |")
     print("|---|---|---|---|")
