@@ -333,3 +333,28 @@ def test_cli_bad_values_give_one_error_line(args, expected):
     code, out, err = cli(search.linearize, ["--strategy", "snl", "--dataset", "digits", *args])  # in-process: no 3 s start each
     lines = err.strip().splitlines()
     assert code == 2 and out == "" and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "aten"])
+@pytest.mark.parametrize("mask_shape", [(8, 6, 6), (8, 1, 1), (1, 1, 1)], ids=["pixel", "channel", "layer"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels-last"])
+def test_soft_mask_without_autograd_gives_the_released_formula_in_the_batchs_layout(mask_shape, layout, fused):
+    """Evaluation runs the soft mask under no_grad / inference mode: no graph, same values, same layout."""
+    torch.manual_seed(3)
+    x = torch.randn(5, 8, 6, 6).contiguous(memory_format=layout)
+    alpha = torch.rand(mask_shape, requires_grad=True)
+    with torch.inference_mode():
+        out = soft_masked_relu(x, alpha, fused=fused)
+    assert not out.requires_grad and out.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(out, (torch.relu(x) * alpha + (1 - alpha) * x).detach())
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "aten"])
+def test_soft_mask_gives_a_mask_its_gradient_when_the_input_needs_none(fused):
+    torch.manual_seed(4)
+    x = torch.randn(5, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    alpha = torch.rand(8, 6, 6, requires_grad=True)
+    grad = torch.randn(5, 8, 6, 6)
+    (got,) = torch.autograd.grad(soft_masked_relu(x, alpha, fused=fused), alpha, grad)
+    (expected,) = torch.autograd.grad(torch.relu(x) * alpha + (1 - alpha) * x, alpha, grad)
+    torch.testing.assert_close(got, expected)
