@@ -90,7 +90,7 @@ def _serve(factory: Factory, link: Connection) -> None:
             start = time.perf_counter()
             run()
             link.send(("done", time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
-    except Exception as err:  # the parent reports it: a benchmark variant that breaks must not hang the run
+    except Exception as err:  # noqa: BLE001 - the parent reports it: a variant that breaks must not hang the run
         link.send(("failed", f"{type(err).__name__}: {err}"))
 
 
