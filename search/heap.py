@@ -5,7 +5,7 @@ serves blocks above its mmap threshold (128 KiB, raised as blocks are freed, up 
 fresh ``mmap`` pages and returns freed memory at the top of its heap to the kernel once more than
 its trim threshold is free. Either way the next step takes the memory back one zero-filled 4 KiB
 page fault at a time: resnet18 at width 1.0, batch 128, took 135,000-205,000 faults per SGD step
-here, 10-20 % of the step (``benchmarks/bench_train_step.py``). :func:`keep_freed_memory` tells
+here, 10-25 % of the step (``benchmarks/bench_train_step.py``). :func:`keep_freed_memory` tells
 glibc to serve every block from its heap and to keep what is freed there; the process then keeps its
 peak memory (about 10 % more resident memory at width 1.0) and reuses it, as PyTorch's CUDA caching
 allocator does on the GPU.
