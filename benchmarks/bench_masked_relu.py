@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search import heap
-from search.masked_relu import fused_backward, soft_masked_relu
+from search.masked_relu import fused_kernels, soft_masked_relu
 from search.relu import ReLUSite, sites, trace_shapes
 from search.spaces import build_model
 from search.train import pick_device
@@ -121,7 +121,7 @@ def build_variant(kind: str, width: float, device: torch.device) -> nn.Module:
     elif kind == "aten":
         swap_sites(model, lambda site: _AtenBackward(site.mask_shape("pixel")))
     elif kind == "fused":
-        if fused_backward() is None:
+        if fused_kernels() is None:
             raise SystemExit("the fused soft-mask kernel could not be built here (see the line above)")
         for site in sites(model):
             site.set_mask(torch.ones(site.mask_shape("pixel")), trainable=True)
@@ -176,9 +176,9 @@ def measure(width: float, batch: int, repeats: int, steps: int, device: torch.de
 
 _TIMED_BUILD = (
     "import time\n"
-    "from search.masked_relu import fused_backward\n"
+    "from search.masked_relu import fused_kernels\n"
     "start = time.perf_counter()\n"
-    "built = fused_backward() is not None\n"
+    "built = fused_kernels() is not None\n"
     "print(time.perf_counter() - start if built else 'failed')\n"
 )
 

@@ -1,26 +1,29 @@
 """The soft-masked ReLU that SNL trains: its cost is the hot path of mask training.
 
 ``alpha * relu(x) + (1 - alpha) * x`` equals ``x`` where ``x > 0`` and ``(1 - alpha) * x`` elsewhere:
-a PReLU whose negative slope ``1 - alpha`` is broadcast per pixel or per channel. The forward is ATen's
-vectorised PReLU kernel, one pass like a plain ReLU. Only ``x`` is saved, as for autograd's ReLU.
+a PReLU whose negative slope ``1 - alpha`` is broadcast per pixel or per channel. Only ``x`` and the
+mask are saved, as autograd's ReLU saves one tensor.
 
-The backward has two implementations:
+Two implementations:
 
-- on CPU, a fused C++ kernel (``search/csrc/soft_mask.cpp``) reads ``grad`` and ``x`` once, writes the
-  input gradient and sums the mask gradient over the batch in the same pass, like ReLU's own
-  backward. It is compiled with ``torch.utils.cpp_extension`` on first use (once per machine, 15-20 s
-  on a 2-core CPU, cached in ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``; a study on a local
-  Ray builds it before its trials start, :func:`prepare_fused_backward`);
-- elsewhere (CUDA), or where it cannot be compiled (no C++ compiler), four vectorised ATen passes:
-  ReLU's own backward, a subtraction, an addcmul, and a product whose batch sum is a matrix-vector
-  product (``sum(0)`` over the batch is a slow strided reduction on CPU).
+- on CPU (float32 and float64), fused C++ kernels (``search/csrc/soft_mask.cpp``): the forward is one
+  pass like a plain ReLU's; the backward reads ``grad`` and ``x`` once, writes the input gradient and
+  sums the mask's gradient over the batch in the same pass, like ReLU's own backward. Broadcasting
+  the mask, the batch's memory order and reducing the gradient to the mask's shape happen in C++ too,
+  so a site costs one Python call each way. They are compiled with ``torch.utils.cpp_extension`` on
+  first use (once per machine, 15-20 s on a 2-core CPU, cached in ``$TORCH_EXTENSIONS_DIR`` or
+  ``~/.cache/torch_extensions``; a study on a local Ray builds them before its trials start,
+  :func:`prepare_fused_kernels`);
+- elsewhere (CUDA, other dtypes), or where they cannot be compiled (no C++ compiler), ATen's PReLU
+  forward and four vectorised ATen passes back: ReLU's own backward, a subtraction, an addcmul, and a
+  product whose batch sum is a matrix-vector product (``sum(0)`` over the batch is a slow strided
+  reduction on CPU).
 
 Both handle channels-last batches (:mod:`search.layout`) in their own memory order, without a copy:
-the kernel walks NHWC memory as it walks NCHW, the mask's gradient is permuted back at the end.
+the kernels walk NHWC memory as they walk NCHW, the mask's gradient is permuted back at the end.
 
 ``benchmarks/bench_masked_relu.py`` measures both against a plain ReLU training step.
 """
-
 from __future__ import annotations
 
 import functools
@@ -31,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -42,14 +46,22 @@ _prelu = torch.ops.aten._prelu_kernel
 _relu_backward = torch.ops.aten.threshold_backward
 _SOURCE = Path(__file__).with_name("csrc") / "soft_mask.cpp"
 _EXTENSION = "search_soft_mask"
-DISABLE_ENV = "SEARCH_NO_FUSED_KERNEL"  # set to 1 to use the ATen backward everywhere
+DISABLE_ENV = "SEARCH_NO_FUSED_KERNEL"  # set to 1 to use the ATen implementation everywhere
+_FUSED_DTYPES = (torch.float32, torch.float64)  # what the C++ kernels are compiled for
 
-FusedBackward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
+
+class FusedKernels(Protocol):
+    """The compiled operators, ``torch.ops.search_soft_mask``."""
+
+    def soft_mask_forward(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor: ...
+
+    def soft_mask_backward(self, grad: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor,
+                           want_alpha: bool) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 @functools.lru_cache(maxsize=1)
-def fused_backward() -> FusedBackward | None:
-    """The compiled CPU backward, or None (disabled, or it cannot be built: said once on stderr)."""
+def fused_kernels() -> FusedKernels | None:
+    """The compiled CPU kernels, or None (disabled, or they cannot be built: said once on stderr)."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return None
     started = time.perf_counter()
@@ -62,10 +74,10 @@ def fused_backward() -> FusedBackward | None:
         # -fno-trapping-math lets GCC turn the kernel's select into a vector blend: otherwise it keeps a
         # branch wherever the CPU lacks AVX-512's masked operations (13-25x slower on an AVX2 CPU)
         cpp_extension.load(_EXTENSION, [str(_SOURCE)], extra_cflags=["-O3", "-fno-trapping-math"], verbose=False,
-                           is_python_module=False)  # the library registers torch.ops.<_EXTENSION>.soft_mask_backward
+                           is_python_module=False)  # the library registers torch.ops.<_EXTENSION>.soft_mask_*
     except Exception as err:  # no compiler, no ninja, a read-only cache: the ATen backward still works
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        print(f"search: the fused soft-mask kernel could not be built ({reason}); using the slower ATen backward",
+        print(f"search: the fused soft-mask kernels could not be built ({reason}); using the slower ATen ones",
               file=sys.stderr)
         return None
     finally:
@@ -73,18 +85,18 @@ def fused_backward() -> FusedBackward | None:
     seconds = time.perf_counter() - started
     if seconds > BUILT_AFTER_S:  # compiled now, in the epoch that first needed it: not a cost of every epoch
         progress.one_off(seconds)
-    return getattr(torch.ops, _EXTENSION).soft_mask_backward  # type: ignore[no-any-return]
+    return getattr(torch.ops, _EXTENSION)  # type: ignore[no-any-return]
 
 
 BUILT_AFTER_S = 2.0  # loading a built kernel takes about 0.1 s; longer means it was compiled
 
 
-def prepare_fused_backward(say: Callable[[str], None], patience_s: float = BUILT_AFTER_S,
-                           load: Callable[[], object] = fused_backward) -> None:
-    """Load (or first build) the fused kernel now, in this process, saying so through ``say`` when
+def prepare_fused_kernels(say: Callable[[str], None], patience_s: float = BUILT_AFTER_S,
+                          load: Callable[[], object] = fused_kernels) -> None:
+    """Load (or first build) the fused kernels now, in this process, saying so through ``say`` when
     that takes longer than ``patience_s``: a study calls it before its trials start, so the minute of
     a first build is announced once instead of stalling every trial's first epoch in silence.
-    Trials on this machine then load the built kernel from the extension cache."""
+    Trials on this machine then load the built kernels from the extension cache."""
     started, announced = time.perf_counter(), threading.Event()
 
     def announce() -> None:
@@ -154,34 +166,28 @@ class _SoftMaskedReLU(torch.autograd.Function):
 
 
 class _FusedSoftMaskedReLU(torch.autograd.Function):
-    """The same function with the one-pass C++ backward (CPU only)."""
+    """The same function with the one-pass C++ forward and backward (CPU, float32 and float64)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, backward: FusedBackward) -> torch.Tensor:  # type: ignore[override]
-        slope = _in_order_of((1 - alpha).to(x.dtype), x)
-        ctx.save_for_backward(x, alpha, slope)
-        ctx.fused = backward
-        return _prelu(x, slope)
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, kernels: FusedKernels) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, alpha)
+        ctx.kernels = kernels
+        return kernels.soft_mask_forward(x, alpha)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
-        x, alpha, slope = ctx.saved_tensors
-        want_alpha = bool(ctx.needs_input_grad[1])
-        slope = slope.expand(x.shape[1:])
-        if is_channels_last(x):  # the kernel walks a channels-last batch in its memory order: H, W, C
-            slope = slope.permute(1, 2, 0)
-        grad_x, per_position = ctx.fused(grad, x, slope, want_alpha)
-        grad_alpha = _mask_grad(per_position, x, alpha) if want_alpha else None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:  # type: ignore[override]
+        x, alpha = ctx.saved_tensors
+        grad_x, grad_alpha = ctx.kernels.soft_mask_backward(grad, x, alpha, bool(ctx.needs_input_grad[1]))
         return grad_x, grad_alpha, None
 
 
 def soft_masked_relu(x: torch.Tensor, alpha: torch.Tensor, fused: bool = True) -> torch.Tensor:
     """``alpha * relu(x) + (1 - alpha) * x`` for a mask ``alpha`` broadcastable to one input of ``x``
     (its shape without the batch dimension, e.g. C x H x W per pixel or C x 1 x 1 per channel).
-    ``fused=False`` forces the ATen backward (benchmarks compare the two)."""
-    if fused and x.device.type == "cpu" and x.dim() >= 1 and x.shape[0] > 0:
-        backward = fused_backward()
-        if backward is not None:
-            return _FusedSoftMaskedReLU.apply(x, alpha, backward)
+    ``fused=False`` forces the ATen implementation (benchmarks compare the two)."""
+    if fused and x.device.type == "cpu" and x.dtype in _FUSED_DTYPES and x.dim() >= 1 and x.shape[0] > 0:
+        kernels = fused_kernels()
+        if kernels is not None:
+            return _FusedSoftMaskedReLU.apply(x, alpha, kernels)
     return _SoftMaskedReLU.apply(x, alpha)

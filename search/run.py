@@ -38,7 +38,7 @@ from search.data import Dataset, dataset_info, load_dataset
 from search.dryrun import describe_data, teacher_file, teacher_status
 from search.errors import RunInterrupted, SearchError
 from search.estimate import Estimator, duration, recipe_line, report, strategy_phases, teacher_phase
-from search.masked_relu import prepare_fused_backward
+from search.masked_relu import prepare_fused_kernels
 from search.nonlinear import warn_nonlinear
 from search.objectives import COST_PRESETS, MEASURED_COMMUNICATION, Objective, cost_model, objectives
 from search.options import show_options
@@ -356,7 +356,7 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
     print(f"run directory {run_dir}, storage {settings.storage}", flush=True)
     if not args.address and not resources.gpus and any(s.uses_soft_masks for s in strategies.values()):
         # after the study exists, so a Ctrl-C during a first build leaves a run that --resume continues
-        prepare_fused_backward(lambda line: print(line, flush=True))  # trials on this machine find it built
+        prepare_fused_kernels(lambda line: print(line, flush=True))  # trials on this machine find it built
     from search.study.display import TrialDisplay, choose_mode
     from search.study.engine import Execution, run_study  # imports Ray: only once the input is known to be good
 

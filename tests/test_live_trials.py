@@ -198,23 +198,23 @@ def test_a_one_off_cost_such_as_a_kernel_build_is_left_out_of_the_eta() -> None:
 def test_a_kernel_load_that_took_long_is_recorded_as_a_one_off(monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[progress.Progress] = []
     monkeypatch.setattr(masked_relu, "BUILT_AFTER_S", 0.0)  # the real (cached) load then counts as a build
-    masked_relu.fused_backward.cache_clear()
+    masked_relu.fused_kernels.cache_clear()
     try:
         with progress.listening(events.append):
-            assert masked_relu.fused_backward() is not None
+            assert masked_relu.fused_kernels() is not None
             progress.epoch_done("snl-mask", 1, 3, 0.5, 1000.0)
     finally:
-        masked_relu.fused_backward.cache_clear()
+        masked_relu.fused_kernels.cache_clear()
     assert 0 < events[0].eta_s < 1000.0 * 2, events[0].eta_s  # the load's seconds are out of the epoch's
 
 
 def test_a_slow_kernel_build_before_the_trials_is_announced_and_a_quick_load_is_not() -> None:
     said: list[str] = []
-    masked_relu.prepare_fused_backward(said.append, patience_s=0.05, load=lambda: time.sleep(0.5))
+    masked_relu.prepare_fused_kernels(said.append, patience_s=0.05, load=lambda: time.sleep(0.5))
     assert len(said) == 2 and said[0].startswith("building the fused soft-mask kernel"), said
     assert re.fullmatch(r"fused soft-mask kernel ready after \d+ s", said[1]), said
     said.clear()
-    masked_relu.prepare_fused_backward(said.append, patience_s=5.0, load=lambda: None)
+    masked_relu.prepare_fused_kernels(said.append, patience_s=5.0, load=lambda: None)
     assert said == []
 
 

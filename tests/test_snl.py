@@ -13,13 +13,15 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import search.linearize
 import search.strategies.snl as snl_module
 from search.checkpoint import load_model
 from search.data import Loader, load_dataset
 from search.errors import SearchError
-from search.masked_relu import fused_backward, soft_masked_relu
+from search.masked_relu import fused_kernels, soft_masked_relu
 from search.pipeline import Job, execute, execute_budgets, prepare
 from search.relu import relu_count, sites, trace_shapes
 from search.spaces import build_model
@@ -210,7 +212,7 @@ def test_select_top_keeps_highest_channels_within_budget():
 
 def test_fused_soft_mask_kernel_builds_here():
     """The CPU fast path is compiled on this machine (it has a C++ compiler), not silently skipped."""
-    assert fused_backward() is not None
+    assert fused_kernels() is not None
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "aten"])
@@ -358,3 +360,52 @@ def test_soft_mask_gives_a_mask_its_gradient_when_the_input_needs_none(fused):
     (got,) = torch.autograd.grad(soft_masked_relu(x, alpha, fused=fused), alpha, grad)
     (expected,) = torch.autograd.grad(torch.relu(x) * alpha + (1 - alpha) * x, alpha, grad)
     torch.testing.assert_close(got, expected)
+
+
+_MASK_SHAPES = {"pixel": lambda c, h, w: (c, h, w), "channel": lambda c, h, w: (c, 1, 1), "layer": lambda c, h, w: (1, 1, 1),
+                "column": lambda c, h, w: (w,)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 9), channels=st.integers(1, 5), height=st.integers(1, 4), width=st.integers(1, 4),
+       granularity=st.sampled_from(sorted(_MASK_SHAPES)), x_layout=st.sampled_from(["nchw", "channels-last"]),
+       grad_layout=st.sampled_from(["nchw", "channels-last"]), dtype=st.sampled_from([torch.float32, torch.float64]),
+       seed=st.integers(0, 2**16))
+def test_fused_kernels_agree_with_the_released_formula_for_any_shape_layout_and_batch(
+        batch, channels, height, width, granularity, x_layout, grad_layout, dtype, seed):
+    """Batches the four-image backward does not divide, masks of every granularity (and one of fewer
+    dimensions than an image), a gradient in another layout than the batch's: values, gradients and the
+    batch's layout as the released formula gives them."""
+    formats = {"nchw": torch.contiguous_format, "channels-last": torch.channels_last}
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, height, width, dtype=dtype, generator=generator)
+    x[0, 0, 0, 0] = 0.0  # the kink, where the released formula's gradient takes the negative side
+    x = x.contiguous(memory_format=formats[x_layout]).requires_grad_()
+    alpha = (torch.rand(_MASK_SHAPES[granularity](channels, height, width), dtype=dtype, generator=generator) * 1.4 - 0.2).requires_grad_()
+    grad = torch.randn(batch, channels, height, width, dtype=dtype, generator=generator).contiguous(memory_format=formats[grad_layout])
+    out = soft_masked_relu(x, alpha)
+    reference = torch.relu(x) * alpha + (1 - alpha) * x
+    torch.testing.assert_close(out, reference)
+    got, expected = torch.autograd.grad(out, (x, alpha), grad), torch.autograd.grad(reference, (x, alpha), grad)
+    assert out.is_contiguous(memory_format=formats[x_layout]) and got[0].is_contiguous(memory_format=formats[x_layout])
+    for mine, theirs in zip(got, expected):
+        assert mine.shape == theirs.shape and mine.dtype == theirs.dtype
+        torch.testing.assert_close(mine, theirs)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_batch_on_cpu_trains_its_mask_through_aten(dtype):
+    """The C++ kernels are compiled for float32 and float64 only: other dtypes take the ATen path."""
+    torch.manual_seed(5)
+    x = torch.randn(6, 4, 3, 3).to(dtype).requires_grad_()
+    alpha = torch.rand(4, 3, 3, requires_grad=True)
+    grad = torch.randn(6, 4, 3, 3).to(dtype)
+    out = soft_masked_relu(x, alpha)
+    got = torch.autograd.grad(out, (x, alpha), grad)
+    x32 = x.detach().float().requires_grad_()
+    reference = torch.relu(x32) * alpha + (1 - alpha) * x32
+    expected = torch.autograd.grad(reference, (x32, alpha), grad.float())
+    assert out.dtype == got[0].dtype == dtype and got[1].dtype == torch.float32
+    torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a.float(), b, atol=5e-2, rtol=2e-2)
