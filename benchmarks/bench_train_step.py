@@ -17,7 +17,8 @@ trial of a study is (so one variant's heap cannot speed up or slow down another'
       a soft mask must, in an ``autograd.Function`` as (c)'s is: the floor under (c) (see
       ``benchmarks/bench_masked_relu.py``, variant f).
 
-Also printed: each variant's minor page faults per epoch (memory a step freed and the next one takes
+Each variant's epoch is given as a ratio to (a) and to (b): (c) over (b) is what a soft mask costs
+over the all-on step (goal: at most 1.05). Also printed: each variant's minor page faults per epoch (memory a step freed and the next one takes
 back from the kernel, see ``search/heap.py``) and its achieved GFLOP/s, from the floating-point
 operations of one training step (forward and backward, counted by ``torch.utils.flop_counter``),
 against two measures of one core's FP32 peak:
@@ -209,20 +210,20 @@ def main() -> None:
     print(f"{machine()}; device {device}, {args.threads} thread(s), batch {args.batch}, {args.steps} steps + 512 validation "
           f"images per epoch; nominal core peak {nominal:.1f} GFLOP/s ({args.flops_per_cycle} flops/cycle x {ghz:.3f} GHz "
           f"from /proc/cpuinfo); measured 1024x1024 matrix product {peak:.1f} GFLOP/s ({peak / nominal:.0%} of nominal)")
-    print("| width | variant | s/epoch (median) | ratio to (a) | format | page faults/epoch | GFLOP/s (training steps) | "
-          "share of the matrix product's rate |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| width | variant | s/epoch (median) | ratio to (a) | ratio to (b) | format | page faults/epoch | "
+          "GFLOP/s (training steps) | share of the matrix product's rate |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for width in (float(w) for w in args.widths.split(",")):
         setup = Setup(width, args.steps, args.batch, args.threads, args.device, args.data_dir)
         medians = measure(setup, args.repeats)
         flops = step_flops(width, args.batch, device) * args.steps
         chosen = "channels-last" if preferred_format(device, fresh_model(width, False)) == torch.channels_last else "NCHW"
-        plain_seconds = medians["a_plain"][0]
+        plain_seconds, all_on_seconds = medians["a_plain"][0], medians["b_fit_all_on"][0]
         for name, (seconds, faults) in medians.items():
             rate = flops / seconds / 1e9  # counts the epoch's evaluation as time, not as work: a lower bound
             layout = "NCHW" if name == "a_plain" else chosen
-            print(f"| {width} | {name} | {seconds:.2f} | {seconds / plain_seconds:.3f} | {layout} | {faults:,.0f} | {rate:.1f} | "
-                  f"{rate / peak:.0%} |", flush=True)
+            print(f"| {width} | {name} | {seconds:.3f} | {seconds / plain_seconds:.3f} | {seconds / all_on_seconds:.3f} | {layout} | "
+                  f"{faults:,.0f} | {rate:.1f} | {rate / peak:.0%} |", flush=True)
 
 
 if __name__ == "__main__":

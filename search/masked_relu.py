@@ -1,8 +1,8 @@
 """The soft-masked ReLU that SNL trains: its cost is the hot path of mask training.
 
 ``alpha * relu(x) + (1 - alpha) * x`` equals ``x`` where ``x > 0`` and ``(1 - alpha) * x`` elsewhere:
-a PReLU whose negative slope ``1 - alpha`` is broadcast per pixel or per channel. Only ``x`` and the
-mask are saved, as autograd's ReLU saves one tensor.
+a PReLU whose negative slope ``1 - alpha`` is broadcast per pixel or per channel. The backward needs
+``x`` (its mask gradient is ``-min(x, 0)``), so ``x`` and the mask are what is saved.
 
 Two implementations:
 
@@ -24,6 +24,7 @@ the kernels walk NHWC memory as they walk NCHW, the mask's gradient is permuted 
 
 ``benchmarks/bench_masked_relu.py`` measures both against a plain ReLU training step.
 """
+
 from __future__ import annotations
 
 import functools

@@ -356,7 +356,7 @@ def _run(args: argparse.Namespace, run_dir: Path, settings: rundir.RunSettings, 
     print(f"run directory {run_dir}, storage {settings.storage}", flush=True)
     if not args.address and not resources.gpus and any(s.uses_soft_masks for s in strategies.values()):
         # after the study exists, so a Ctrl-C during a first build leaves a run that --resume continues
-        prepare_fused_kernels(lambda line: print(line, flush=True))  # trials on this machine find it built
+        prepare_fused_kernels(lambda line: print(line, flush=True))  # trials on this machine find them built
     from search.study.display import TrialDisplay, choose_mode
     from search.study.engine import Execution, run_study  # imports Ray: only once the input is known to be good
 
