@@ -55,44 +55,57 @@ SEARCH_VECTOR_CLONES void forward_block(const scalar_t* __restrict__ x, const sc
   }
 }
 
-template <typename scalar_t>
-SEARCH_VECTOR_CLONES void backward_block(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                                         const scalar_t* __restrict__ alpha, scalar_t* __restrict__ grad_x,
-                                         scalar_t* __restrict__ grad_alpha, int64_t batch, int64_t positions,
-                                         int64_t begin, int64_t end) {
-  int64_t b = 0;
-  if (grad_alpha != nullptr) {
-    for (; b + kImages <= batch; b += kImages) {
-      const scalar_t* __restrict__ g = grad + b * positions;
-      const scalar_t* __restrict__ v = x + b * positions;
-      scalar_t* __restrict__ out = grad_x + b * positions;
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t slope = scalar_t(1) - alpha[i];
-        scalar_t sum = scalar_t(0);
+// grad_x and the mask's gradient sums for images [first, first + Images): one load and store of each
+// sum per Images elements.
+template <int Images, typename scalar_t>
+SEARCH_VECTOR_CLONES void backward_images(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                                          const scalar_t* __restrict__ alpha, scalar_t* __restrict__ grad_x,
+                                          scalar_t* __restrict__ grad_alpha, int64_t first, int64_t positions,
+                                          int64_t begin, int64_t end) {
+  const scalar_t* __restrict__ g = grad + first * positions;
+  const scalar_t* __restrict__ v = x + first * positions;
+  scalar_t* __restrict__ out = grad_x + first * positions;
+  for (int64_t i = begin; i < end; ++i) {
+    const scalar_t slope = scalar_t(1) - alpha[i];
+    scalar_t sum = scalar_t(0);
 #pragma GCC unroll 4
-        for (int image = 0; image < kImages; ++image) {
-          const int64_t at = image * positions + i;
-          out[at] = v[at] > scalar_t(0) ? g[at] : g[at] * slope;
-          sum += g[at] * std::min(v[at], scalar_t(0));
-        }
-        grad_alpha[i] -= sum;
-      }
+    for (int image = 0; image < Images; ++image) {
+      const int64_t at = image * positions + i;
+      out[at] = v[at] > scalar_t(0) ? g[at] : g[at] * slope;
+      sum += g[at] * std::min(v[at], scalar_t(0));
     }
+    grad_alpha[i] -= sum;
   }
-  for (; b < batch; ++b) {  // the images left over, or every image when the mask needs no gradient
+}
+
+// grad_x alone, for a mask that needs no gradient.
+template <typename scalar_t>
+SEARCH_VECTOR_CLONES void backward_inputs(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                                          const scalar_t* __restrict__ alpha, scalar_t* __restrict__ grad_x,
+                                          int64_t batch, int64_t positions, int64_t begin, int64_t end) {
+  for (int64_t b = 0; b < batch; ++b) {
     const scalar_t* __restrict__ g = grad + b * positions;
     const scalar_t* __restrict__ v = x + b * positions;
     scalar_t* __restrict__ out = grad_x + b * positions;
-    if (grad_alpha != nullptr) {
-      for (int64_t i = begin; i < end; ++i) {
-        out[i] = v[i] > scalar_t(0) ? g[i] : g[i] * (scalar_t(1) - alpha[i]);
-        grad_alpha[i] -= g[i] * std::min(v[i], scalar_t(0));
-      }
-    } else {
-      for (int64_t i = begin; i < end; ++i) {
-        out[i] = v[i] > scalar_t(0) ? g[i] : g[i] * (scalar_t(1) - alpha[i]);
-      }
+    for (int64_t i = begin; i < end; ++i) {
+      out[i] = v[i] > scalar_t(0) ? g[i] : g[i] * (scalar_t(1) - alpha[i]);
     }
+  }
+}
+
+template <typename scalar_t>
+void backward_block(const scalar_t* grad, const scalar_t* x, const scalar_t* alpha, scalar_t* grad_x, scalar_t* grad_alpha,
+                    int64_t batch, int64_t positions, int64_t begin, int64_t end) {
+  if (grad_alpha == nullptr) {
+    backward_inputs<scalar_t>(grad, x, alpha, grad_x, batch, positions, begin, end);
+    return;
+  }
+  int64_t b = 0;
+  for (; b + kImages <= batch; b += kImages) {
+    backward_images<kImages, scalar_t>(grad, x, alpha, grad_x, grad_alpha, b, positions, begin, end);
+  }
+  for (; b < batch; ++b) {  // the images left over
+    backward_images<1, scalar_t>(grad, x, alpha, grad_x, grad_alpha, b, positions, begin, end);
   }
 }
 
