@@ -18,10 +18,10 @@ trial of a study is (so one variant's heap cannot speed up or slow down another'
       ``benchmarks/bench_masked_relu.py``, variant f).
 
 Each variant's epoch is given as a ratio to (a) and to (b): (c) over (b) is what a soft mask costs
-over the all-on step (goal: at most 1.05). Also printed: each variant's minor page faults per epoch (memory a step freed and the next one takes
-back from the kernel, see ``search/heap.py``) and its achieved GFLOP/s, from the floating-point
-operations of one training step (forward and backward, counted by ``torch.utils.flop_counter``),
-against two measures of one core's FP32 peak:
+over the all-on step (goal: at most 1.05). Also printed: each variant's minor page faults per epoch
+(memory a step freed and the next one takes back from the kernel, see ``search/heap.py``) and its
+achieved GFLOP/s, from the floating-point operations of one training step (forward and backward,
+counted by ``torch.utils.flop_counter``), against two measures of one core's FP32 peak:
 
 - nominal: ``--flops-per-cycle`` (default 32: two 256-bit FMA pipes, 8 floats x 2 operations each,
   as on AMD Zen 4; Intel cores with two 512-bit FMA units have 64) x the clock ``/proc/cpuinfo``
@@ -222,8 +222,8 @@ def main() -> None:
         for name, (seconds, faults) in medians.items():
             rate = flops / seconds / 1e9  # counts the epoch's evaluation as time, not as work: a lower bound
             layout = "NCHW" if name == "a_plain" else chosen
-            print(f"| {width} | {name} | {seconds:.3f} | {seconds / plain_seconds:.3f} | {seconds / all_on_seconds:.3f} | {layout} | "
-                  f"{faults:,.0f} | {rate:.1f} | {rate / peak:.0%} |", flush=True)
+            print(f"| {width} | {name} | {seconds:.3f} | {seconds / plain_seconds:.3f} | {seconds / all_on_seconds:.3f} | "
+                  f"{layout} | {faults:,.0f} | {rate:.1f} | {rate / peak:.0%} |", flush=True)
 
 
 if __name__ == "__main__":

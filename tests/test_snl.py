@@ -381,8 +381,10 @@ def test_fused_kernels_agree_with_the_released_formula_for_any_shape_layout_and_
     x = torch.randn(batch, channels, height, width, dtype=dtype, generator=generator)
     x[0, 0, 0, 0] = 0.0  # the kink, where the released formula's gradient takes the negative side
     x = x.contiguous(memory_format=formats[x_layout]).requires_grad_()
-    alpha = (torch.rand(_MASK_SHAPES[granularity](channels, height, width), dtype=dtype, generator=generator) * 1.4 - 0.2).requires_grad_()
-    grad = torch.randn(batch, channels, height, width, dtype=dtype, generator=generator).contiguous(memory_format=formats[grad_layout])
+    mask_shape = _MASK_SHAPES[granularity](channels, height, width)
+    alpha = (torch.rand(mask_shape, dtype=dtype, generator=generator) * 1.4 - 0.2).requires_grad_()
+    grad = torch.randn(batch, channels, height, width, dtype=dtype, generator=generator)
+    grad = grad.contiguous(memory_format=formats[grad_layout])
     out = soft_masked_relu(x, alpha)
     reference = torch.relu(x) * alpha + (1 - alpha) * x
     torch.testing.assert_close(out, reference)

@@ -152,7 +152,9 @@ at::Tensor soft_mask_forward(const at::Tensor& x, const at::Tensor& alpha) {
     const scalar_t* vp = v.data_ptr<scalar_t>();
     const scalar_t* ap = a.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    over_blocks(positions, [&](int64_t begin, int64_t end) { forward_block<scalar_t>(vp, ap, op, batch, positions, begin, end); });
+    over_blocks(positions, [&](int64_t begin, int64_t end) {
+      forward_block<scalar_t>(vp, ap, op, batch, positions, begin, end);
+    });
   });
   return out;
 }
@@ -180,7 +182,9 @@ std::tuple<at::Tensor, at::Tensor> soft_mask_backward(const at::Tensor& grad, co
     const scalar_t* ap = a.data_ptr<scalar_t>();
     scalar_t* op = grad_x.data_ptr<scalar_t>();
     scalar_t* sp = want_alpha ? sums.data_ptr<scalar_t>() : nullptr;
-    over_blocks(positions, [&](int64_t begin, int64_t end) { backward_block<scalar_t>(gp, vp, ap, op, sp, batch, positions, begin, end); });
+    over_blocks(positions, [&](int64_t begin, int64_t end) {
+      backward_block<scalar_t>(gp, vp, ap, op, sp, batch, positions, begin, end);
+    });
   });
   if (!want_alpha) {
     return {grad_x, at::Tensor()};
